@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from train import data_commands, fit_commands
+from train import data_commands, fit_commands, gan_commands
 
 app = typer.Typer(
     help=(
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (data_commands, fit_commands):
+for module in (data_commands, fit_commands, gan_commands):
     module.register(app)
 
 
