@@ -1,0 +1,66 @@
+"""FitConfig: every knob of `train fit`, one typed record; the CLI flags map onto it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class FitConfig:
+    data: str
+    out: str
+    size: str = "nano"
+    in_channels: int = 1
+    epochs: int = 30
+    time_budget_min: float | None = None  # stop by itself: epochs are cut to fit the budget
+    batch_size: int = 8
+    crop_height: int | None = None  # None: the full frame height
+    crop_width: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05  # of all steps
+    seed: int = 0
+    workers: int = 0
+    resume: str | None = None
+    split: str | None = None  # training split name; None: "train" if present, else everything
+    val_split: str = "val"  # used when the data set has it; else a seeded fraction
+    val_fraction: float = 0.2
+    labelled_fraction: float = 1.0  # fraction of training images kept (seeded): few-label baselines
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision, only ever on CUDA
+    flip: bool = True
+    jitter: float = 0.2  # brightness/contrast jitter amplitude
+    val_every: int = 1
+    threads: int | None = None  # torch CPU threads per process; None leaves torch's default
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.crop_width >= 32, f"crop_width must be >= 32, got {self.crop_width}"),
+            (self.crop_height is None or self.crop_height >= 32, f"crop_height must be >= 32, got {self.crop_height}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (0.0 < self.labelled_fraction <= 1.0, f"labelled_fraction must be in (0, 1], got {self.labelled_fraction}"),
+            (self.time_budget_min is None or self.time_budget_min > 0, "time_budget_min must be > 0"),
+            (self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"fit config: unknown field(s) {unknown}")
+        return cls(**d)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,32 @@
+"""BCE + soft Dice on multi-label sigmoid outputs (one channel per defect class)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice, per class over the whole batch, averaged over classes.
+
+    Pooling over the batch (not per image) keeps the gradient sane on the many
+    images with no defect of a class, where a per-image Dice is undefined.
+    """
+    probs = torch.sigmoid(logits.float())
+    target = target.float()
+    dims = (0, 2, 3)
+    inter = (probs * target).sum(dims)
+    denom = probs.sum(dims) + target.sum(dims)
+    dice = (2 * inter + eps) / (denom + eps)
+    return 1.0 - dice.mean()
+
+
+class BceDiceLoss(torch.nn.Module):
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+        super().__init__()
+        self.bce_weight = bce_weight
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target)
