@@ -1,5 +1,93 @@
-"""Placeholder: filled in by its owner."""
+"""`train fit` and `train evaluate`: flags map one-to-one onto FitConfig / evaluate()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def fit(
+        data: Path = typer.Option(..., "--data", help="Data set folder (Severstal CSV or mask folders)."),
+        out: Path = typer.Option(..., "--out", help="Run folder to write (checkpoints, model_info.json, metrics, pictures)."),
+        size: str = typer.Option("nano", "--size", help="Model size: nano, small or base."),
+        epochs: int = typer.Option(30, "--epochs", help="Epochs (cut to fit --time-budget-min)."),
+        time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="Stop by itself within this many minutes of training."),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        crop_width: int = typer.Option(512, "--crop-width", help="Random crop width along the strip."),
+        crop_height: Optional[int] = typer.Option(None, "--crop-height", help="Random crop height (default: full frame height)."),
+        lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate (warm-up then cosine)."),
+        seed: int = typer.Option(0, "--seed"),
+        workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+        resume: Optional[Path] = typer.Option(None, "--resume", help="last.pt (or a run folder) to continue from."),
+        split: Optional[str] = typer.Option(None, "--split", help="Training split (default: 'train' if present)."),
+        val_fraction: float = typer.Option(0.2, "--val-fraction", help="Seeded hold-out when the data set has no 'val' split."),
+        labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Fraction of training images kept (seeded)."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per process."),
+    ) -> None:
+        """Train a segmenter, calibrate thresholds/min areas on validation, write a run folder."""
+        from train.config import FitConfig
+        from train.fit import fit as run_fit
+
+        try:
+            cfg = FitConfig(
+                data=str(data), out=str(out), size=size, epochs=epochs, time_budget_min=time_budget_min,
+                batch_size=batch_size, crop_width=crop_width, crop_height=crop_height, lr=lr, seed=seed,
+                workers=workers, resume=str(resume) if resume else None, split=split, val_fraction=val_fraction,
+                labelled_fraction=labelled_fraction, device=device, threads=threads,
+            )
+            from train.model import SIZES
+
+            if size not in SIZES:
+                raise ValueError(f"unknown model size {size!r}; valid sizes: {', '.join(SIZES)}")
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        metrics = run_fit(cfg)
+        if metrics:
+            typer.echo(
+                f"{out}: {metrics['epochs_run']} epoch(s), best epoch {metrics['best_epoch']}, "
+                f"validation competition Dice {metrics['val_competition_dice_calibrated']:.4f} (calibrated)"
+            )
+
+    @app.command()
+    def evaluate(
+        run: Path = typer.Argument(..., help="Run folder written by `train fit` (or a best.pt)."),
+        data: Path = typer.Option(..., "--data", help="Data set folder."),
+        split: Optional[str] = typer.Option(None, "--split", help="Split to score (default: 'val', else the run's hold-out)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Where to write evaluation.json (default: the run folder)."),
+        batch_size: int = typer.Option(8, "--batch-size"),
+    ) -> None:
+        """Per-class Dice/IoU, competition Dice, confusion summary, inference time; evaluation.json + worst_cases.png."""
+        from train.evaluate import evaluate as run_evaluate
+
+        where = out or (run if run.is_dir() else run.parent)
+        res = run_evaluate(run, data, split, batch_size=batch_size, out=where)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{run} on {data} [{res['split']}, {res['n_images']} images]")
+        for col in ("class", "Dice (all pairs)", "Dice (present)", "IoU", "missed", "false"):
+            table.add_column(col)
+        for c in res["classes"]:
+            conf = res["confusion"]["per_class"][c]
+            table.add_row(c, _f(res["per_class_dice"][c]), _f(res["per_class_dice_present"][c]), _f(res["per_class_iou"][c]),
+                          str(conf["missed"]), str(conf["false"]))
+        console = Console()
+        console.print(table)
+        console.print(
+            f"competition Dice {res['competition_dice']:.4f} (all-empty baseline {res['all_empty_baseline_dice']:.4f}); "
+            f"images with a missed defect {res['confusion']['images_with_missed_defect']}, with a false defect "
+            f"{res['confusion']['images_with_false_defect']}; {res['inference_ms_per_image']:.1f} ms/image; "
+            f"written to {where / 'evaluation.json'}"
+        )
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+

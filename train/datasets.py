@@ -1,0 +1,120 @@
+"""Torch views of `inspect_edge.data.SteelDataset`: random crops along the strip for
+training, full frames for validation, and the seeded splits both come from.
+
+Augmentation randomness is drawn from a generator seeded by (seed, epoch, index),
+so a sample's crop and jitter do not depend on worker count, rank or order:
+the same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from inspect_edge.data import SteelDataset
+
+
+def normalise(images_u8: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """uint8 -> float32 `(u/255 - mean)/std`, the ModelInfo pre-processing contract."""
+    return ((images_u8.astype(np.float32) / 255.0) - mean) / std
+
+
+def seeded_subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A fixed, sorted selection of round(fraction*n) indices (at least one)."""
+    keep = max(1, int(round(n * fraction)))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:keep])
+
+
+def split_train_val(
+    ds: SteelDataset, *, train_split: str | None, val_split: str, val_fraction: float, seed: int
+) -> tuple[SteelDataset, SteelDataset, str]:
+    """(train, val, how): the data set's own validation split when it has one, else a seeded fraction."""
+    if val_split in ds.split_names:
+        if train_split is None:
+            train_split = "train" if "train" in ds.split_names else None
+        if train_split is None:
+            others = [s for s in ds.split_names if s != val_split]
+            raise KeyError(f"{ds.root}: no 'train' split; pass --split with one of {others}")
+        return ds.split(train_split), ds.split(val_split), f"splits {train_split!r}/{val_split!r}"
+    base = ds.split(train_split) if train_split else ds
+    n = len(base)
+    if n < 2:
+        raise ValueError(f"{ds.root}: need at least 2 images to hold some out for validation, found {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, int(round(n * val_fraction))))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return base.subset(train_idx.tolist()), base.subset(val_idx.tolist()), f"seeded {val_fraction:.0%} hold-out (seed {seed})"
+
+
+class CropDataset(Dataset):
+    """Training samples: random (crop_h, crop_w) windows, flips, brightness/contrast jitter.
+
+    Frames smaller than the crop are padded (image with the mean grey, masks with
+    background), so every item in a batch has the same shape.
+    """
+
+    def __init__(
+        self,
+        ds: SteelDataset,
+        crop: tuple[int, int],
+        mean: float,
+        std: float,
+        *,
+        seed: int = 0,
+        flip: bool = True,
+        jitter: float = 0.2,
+        in_channels: int = 1,
+    ) -> None:
+        self.ds, self.crop, self.mean, self.std = ds, crop, mean, std
+        self.seed, self.flip, self.jitter, self.in_channels = seed, flip, jitter, in_channels
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        s = self.ds[i]
+        img = s.image.astype(np.float32) / 255.0
+        masks = s.masks
+        ch, cw = self.crop
+        h, w = img.shape
+        if h < ch or w < cw:  # pad up to the crop
+            ph, pw = max(0, ch - h), max(0, cw - w)
+            img = np.pad(img, ((0, ph), (0, pw)), constant_values=self.mean)
+            masks = np.pad(masks, ((0, 0), (0, ph), (0, pw)))
+            h, w = img.shape
+        y0 = int(rng.integers(0, h - ch + 1))
+        x0 = int(rng.integers(0, w - cw + 1))
+        img = img[y0 : y0 + ch, x0 : x0 + cw]
+        masks = masks[:, y0 : y0 + ch, x0 : x0 + cw]
+        if self.flip:
+            if rng.random() < 0.5:
+                img, masks = img[:, ::-1], masks[:, :, ::-1]
+            if rng.random() < 0.5:
+                img, masks = img[::-1, :], masks[:, ::-1, :]
+        if self.jitter > 0:
+            contrast = 1.0 + rng.uniform(-self.jitter, self.jitter)
+            brightness = rng.uniform(-self.jitter, self.jitter) * 0.5
+            m = img.mean()
+            img = np.clip((img - m) * contrast + m + brightness, 0.0, 1.0)
+        x = (img - self.mean) / self.std
+        x = np.repeat(x[None], self.in_channels, axis=0)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
+            np.ascontiguousarray(masks, dtype=np.float32)
+        )
+
+
+def estimate_mean_std(ds: SteelDataset, max_images: int = 64) -> tuple[float, float]:
+    """Grey-level mean/std over the first images (rounded: they travel in ModelInfo)."""
+    vals = []
+    for i in range(min(len(ds), max_images)):
+        img = ds[i].image.astype(np.float32) / 255.0
+        vals.append((img.mean(), (img**2).mean()))
+    m = float(np.mean([v[0] for v in vals]))
+    var = float(np.mean([v[1] for v in vals])) - m * m
+    return round(m, 4), round(max(float(np.sqrt(max(var, 0.0))), 1e-3), 4)
