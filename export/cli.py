@@ -1,12 +1,164 @@
 """`inspect-edge export ...`: turn a training run into what the edge service loads.
 
+    inspect-edge export onnx runs/nano --out model.onnx [--fp16]   # needs the train extra
+    inspect-edge export engine model.onnx --fp16                   # on the device, needs TensorRT
+
+Each step checks its own result: `onnx` compares PyTorch with ONNX Runtime,
+`engine` compares ONNX Runtime with TensorRT, on the same images; the numbers
+are printed and saved as `<output>.parity.json`. Exit codes: 0 verified,
+1 parity failed (the unverified file is kept beside, never at the output path),
+2 bad input or a tool refused (one line on stderr, no traceback).
+
 Imported by the torch-free CLI, so torch, onnx and tensorrt are imported inside
 the commands, never at module level.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 app = typer.Typer(help="Export a trained model: `onnx` (needs the train extra), `engine` (needs TensorRT).",
                   no_args_is_help=True)
+
+EXIT_PARITY, EXIT_BAD_INPUT = 1, 2
+
+
+def _clean_errors(fn):
+    """Known failures become one line and exit code 2; a bug still shows its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from inspect_edge.backends.base import BackendError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (BackendError, ValueError, OSError, RuntimeError) as e:
+            # CheckpointError and ModelInfoError are ValueErrors; ExportError and ParityError RuntimeErrors.
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            typer.echo(f"error: {text}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+def _finish(report, unverified: Path, out: Path) -> None:
+    for line in report.lines():
+        typer.echo(line)
+    saved = report.save(out.with_name(out.name + ".parity.json"))
+    if not report.passed:
+        typer.echo(f"error: parity check failed; the unverified file stays at {unverified}, report {saved}", err=True)
+        raise typer.Exit(EXIT_PARITY)
+    if unverified != out:
+        unverified.replace(out)
+    typer.echo(f"verified: {out} (report {saved})")
+
+
+def _tolerance(precision: str, max_diff: float | None, min_dice: float | None):
+    from export.parity import Tolerance
+
+    base = Tolerance.for_precision(precision)
+    return Tolerance(max_abs_logit=base.max_abs_logit if max_diff is None else max_diff,
+                     min_dice=base.min_dice if min_dice is None else min_dice)
+
+
+@app.command("onnx")
+@_clean_errors
+def onnx_command(
+    run: Path = typer.Argument(..., help="Run folder (best.pt + model_info.json) or a checkpoint .pt."),
+    out: Path = typer.Option(Path("model.onnx"), "--out", "-o", help="Where to write the ONNX file."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write <out>_fp16.onnx: float16 inside, float32 in/out "
+                              "(for TensorRT 11 and runtimes that take precision from the graph)."),
+    opset: int = typer.Option(18, help="ONNX opset (17 or later)."),
+    model_version: Optional[str] = typer.Option(None, help="Version to record (default: the run's)."),
+    data: Optional[Path] = typer.Option(None, help="Data set for the parity images (default: the run's validation data)."),
+    images: int = typer.Option(8, min=1, help="How many images the parity check runs."),
+    max_diff: Optional[float] = typer.Option(None, help="Largest allowed |logit difference| (default 1e-3, fp16 0.1)."),
+    min_dice: Optional[float] = typer.Option(None, help="Smallest allowed per-class mask Dice (default 0.99, fp16 0.97)."),
+) -> None:
+    """Export a trained run to ONNX with its metadata, then check it against PyTorch."""
+    from export.onnx_export import export_onnx, pytorch_vs_onnxruntime
+    from export.parity import pick_images
+    from train.checkpoint import load_run
+
+    model, info = load_run(run)
+    source = str(run.resolve())
+    shots = pick_images(info, images, data=data, run=run, log=typer.echo)
+    targets = [(out, False)] + ([(out.with_name(f"{out.stem}_fp16{out.suffix or '.onnx'}"), True)] if fp16 else [])
+    for target, half in targets:
+        unverified = target.with_name(f"{target.stem}.unverified.onnx")
+        written = export_onnx(model, info, unverified, opset=opset, fp16=half, source_run=source,
+                              model_version=model_version)
+        typer.echo(f"exported {written.precision} graph: opset {opset}, input (batch, {written.input_channels}, "
+                   f"{written.input_height}, {written.input_width}), classes {list(written.classes)}, "
+                   f"content hash {written.content_hash[:16]}..., {unverified.stat().st_size / 1e6:.2f} MB")
+        report = pytorch_vs_onnxruntime(model, unverified, shots, _tolerance(written.precision, max_diff, min_dice))
+        _finish(report, unverified, target)
+
+
+@app.command("engine")
+@_clean_errors
+def engine_command(
+    onnx_path: Path = typer.Argument(..., help="ONNX file written by `inspect-edge export onnx`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Engine path (default: beside the ONNX, .engine)."),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="FP16 kernels (TensorRT 10 flag; TensorRT 11 needs the _fp16.onnx)."),
+    min_batch: int = typer.Option(1, min=1), opt_batch: int = typer.Option(1, min=1),
+    max_batch: int = typer.Option(8, min=1),
+    workspace_mib: int = typer.Option(1024, help="Builder workspace memory limit, MiB."),
+    data: Optional[Path] = typer.Option(None, help="Data set for the parity images (default: the source run's)."),
+    images: int = typer.Option(8, min=1, help="How many images the parity check runs."),
+    max_diff: Optional[float] = typer.Option(None, help="Largest allowed |logit difference| vs ONNX Runtime."),
+    min_dice: Optional[float] = typer.Option(None, help="Smallest allowed per-class mask Dice vs ONNX Runtime."),
+) -> None:
+    """Build a TensorRT engine on this device (sidecar JSON beside it), then check it against ONNX Runtime."""
+    import numpy as np
+
+    from export.parity import compare_logits, normalise, pick_images
+    from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from inspect_edge.backends.tensorrt_backend import TensorRTBackend
+    from inspect_edge.backends.tensorrt_build import BuildOptions, build_engine, sidecar_path
+
+    reference = OnnxRuntimeBackend(onnx_path)  # rejects files without our metadata before TensorRT starts
+    out = out or onnx_path.with_suffix(".engine")
+    unverified = out.with_name(f"{out.stem}.unverified{out.suffix}")
+    opts = BuildOptions(fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                        workspace_mib=workspace_mib)
+    build_engine(onnx_path, unverified, opts, log=typer.echo)
+
+    engine = TensorRTBackend(unverified)
+    try:
+        shots = pick_images(reference.info, images, data=data, run=reference.info.source_run or None, log=typer.echo)
+        x = normalise(shots, reference.info)
+        step = engine.max_batch
+        ref = np.concatenate([reference.infer(x[i:i + step]) for i in range(0, len(x), step)])
+        cand = np.concatenate([engine.infer(x[i:i + step]) for i in range(0, len(x), step)])
+    finally:
+        engine.close()
+    precision = engine.info.precision
+    report = compare_logits(ref, cand, engine.info, reference="onnxruntime-cpu", candidate=f"tensorrt-{precision}",
+                            tolerance=_tolerance(precision, max_diff, min_dice))
+    if report.passed and unverified != out:
+        sidecar_path(unverified).replace(sidecar_path(out))
+    _finish(report, unverified, out)
+
+
+@app.command("info")
+@_clean_errors
+def info_command(model_path: Path = typer.Argument(..., help="An .onnx, or an .engine with its sidecar JSON.")) -> None:
+    """Print the metadata a model file carries (what the service will use)."""
+    from inspect_edge.backends import ENGINE_SUFFIXES
+    from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend, check_model_file
+    from inspect_edge.backends.tensorrt_build import read_sidecar
+
+    if model_path.suffix.lower() in ENGINE_SUFFIXES:
+        check_model_file(model_path, "TensorRT engine")
+        info, key, _ = read_sidecar(model_path)
+        typer.echo(f"engine built for {key.device().describe()}, batch {key.min_batch}..{key.max_batch}")
+    else:
+        info = OnnxRuntimeBackend(model_path).info
+    typer.echo(info.to_json())
