@@ -170,6 +170,9 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     sched = {"step": 0, "warmup": max(1, min(steps_per_epoch, round(cfg.warmup_fraction * cfg.epochs * steps_per_epoch))),
              "total": cfg.epochs * steps_per_epoch, "planned_epochs": cfg.epochs}
     start_epoch, best_score, history, elapsed_before = 0, -1.0, [], 0.0
+    if d.main:
+        log.info("%d process(es) on %s, %d step(s) per epoch per process, batch %d", d.world, d.device, steps_per_epoch,
+                 cfg.batch_size)
     if cfg.resume:
         rpath = Path(cfg.resume)
         rpath = rpath / "last.pt" if rpath.is_dir() else rpath
