@@ -1,5 +1,112 @@
-"""Placeholder: filled in by its owner."""
+"""`train gan`, `train synthesize`, `train augment-and-fit`: flags map onto the GAN stage's
+configs (GanConfig, SynthConfig, AugmentConfig); torch is imported inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def gan(
+        data: Path = typer.Option(..., "--data", help="Data set folder (Severstal CSV or mask folders)."),
+        out: Path = typer.Option(..., "--out", help="Run folder (generator.pt, samples/, gan_metrics.json)."),
+        steps: int = typer.Option(3000, "--steps", help="Training steps (one batch each)."),
+        time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="Stop by itself after this many minutes (still saves and measures)."),
+        crop: int = typer.Option(128, "--crop", help="Square crop size the generator paints in (multiple of 8)."),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        base: int = typer.Option(16, "--base", help="Generator width (channels after the stem)."),
+        seed: int = typer.Option(0, "--seed"),
+        labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Share of training images that keep their masks (seeded, as in `train fit`)."),
+        sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid every N steps."),
+        checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
+        eval_pairs: int = typer.Option(64, "--eval-pairs", help="Held-out real defects used for gan_metrics.json."),
+        segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="A `train fit` run whose encoder gives the Fréchet-distance features (default: a seeded random conv net)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from RUN/gan_checkpoint.pt."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    ) -> None:
+        """Fit the mask-conditioned inpainting GAN that paints defects into masks on real steel."""
+        from train.gan.fit_gan import GanConfig, fit_gan
+
+        try:
+            cfg = GanConfig(
+                data=str(data), out=str(out), steps=steps, time_budget_min=time_budget_min, crop=crop, batch_size=batch_size,
+                base=base, seed=seed, labelled_fraction=labelled_fraction, sample_every=sample_every,
+                checkpoint_every=checkpoint_every, eval_pairs=eval_pairs, resume=resume, threads=threads, device=device,
+                feature_net="segmenter" if segmenter else "random", segmenter_run=str(segmenter) if segmenter else None,
+            )
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        m = fit_gan(cfg)
+        if "gan" in m:
+            g, t = m["gan"], m["telea"]
+            typer.echo(
+                f"{out}: {m['steps']} steps; held-out masked L1 {g['masked_l1']:.4f} (Telea {t['masked_l1']:.4f}), "
+                f"PSNR {g['masked_psnr_db']:.2f} dB (Telea {t['masked_psnr_db']:.2f}), "
+                f"Fréchet {g['frechet_distance']:.4f} (Telea {t['frechet_distance']:.4f})"
+            )
+
+    @app.command()
+    def synthesize(
+        data: Path = typer.Option(..., "--data", help="Labelled data set: backgrounds and the bank of real defect shapes."),
+        out: Path = typer.Option(..., "--out", help="Folder for the synthetic data set (same format as --data) + manifest.json."),
+        count: int = typer.Option(..., "--count", help="Number of synthetic images."),
+        method: str = typer.Option("gan", "--method", help="gan (needs --generator) or copy-paste."),
+        generator: Optional[Path] = typer.Option(None, "--generator", help="A `train gan` run folder (or its generator.pt)."),
+        seed: int = typer.Option(0, "--seed"),
+        labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Use only this seeded share of training images."),
+        max_defects: int = typer.Option(2, "--max-defects", help="New defects per image, 1..N."),
+    ) -> None:
+        """Write N synthetic pairs: real defect shapes placed on real backgrounds, painted by the GAN or copy-pasted."""
+        from train.gan.synthesize import run_synthesize
+
+        try:
+            res = run_synthesize(str(data), str(out), count, method, str(generator) if generator else None, seed=seed,
+                                 labelled_fraction=labelled_fraction, max_defects_per_image=max_defects)
+        except (ValueError, FileNotFoundError) as e:
+            raise typer.BadParameter(str(e)) from None
+        typer.echo(f"{out}: {res['count']} synthetic images ({method}, {res['format']}), shape bank {res['shape_bank']}")
+
+    @app.command("augment-and-fit")
+    def augment_and_fit(
+        data: Path = typer.Option(..., "--data", help="Data set folder."),
+        out: Path = typer.Option(..., "--out", help="Run folder: gan/, data/, runs/, report.md, report.json."),
+        generator: Optional[Path] = typer.Option(None, "--generator", help="Reuse this `train gan` run instead of fitting one."),
+        count: int = typer.Option(300, "--count", help="Synthetic pairs per synthetic arm."),
+        labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Share of training images that keep their masks (seeded)."),
+        seed: int = typer.Option(0, "--seed"),
+        ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Also fit real-only and real+copy-paste arms."),
+        size: str = typer.Option("nano", "--size", help="Segmenter size."),
+        gan_steps: int = typer.Option(3000, "--gan-steps"),
+        gan_time_budget_min: Optional[float] = typer.Option(None, "--gan-time-budget-min"),
+        gan_crop: int = typer.Option(128, "--gan-crop"),
+        gan_batch_size: int = typer.Option(8, "--gan-batch-size"),
+        fit_epochs: int = typer.Option(30, "--fit-epochs", help="Segmenter epochs per arm (cut to the budget)."),
+        fit_time_budget_min: Optional[float] = typer.Option(None, "--fit-time-budget-min", help="Segmenter training minutes per arm."),
+        fit_batch_size: int = typer.Option(8, "--fit-batch-size"),
+        crop_width: int = typer.Option(512, "--crop-width"),
+        crop_height: Optional[int] = typer.Option(None, "--crop-height"),
+        max_defects_per_image: int = typer.Option(2, "--max-defects-per-image"),
+        threads: Optional[int] = typer.Option(None, "--threads"),
+        device: str = typer.Option("auto", "--device"),
+    ) -> None:
+        """GAN -> synthetic pairs -> segmenter on real + synthetic -> evaluation -> report.md (with --ablation: three arms)."""
+        from train.gan.augment_and_fit import AugmentConfig
+        from train.gan.augment_and_fit import augment_and_fit as run
+
+        try:
+            cfg = AugmentConfig(
+                data=str(data), out=str(out), generator=str(generator) if generator else None, count=count,
+                labelled_fraction=labelled_fraction, seed=seed, ablation=ablation, size=size, gan_steps=gan_steps,
+                gan_time_budget_min=gan_time_budget_min, gan_crop=gan_crop, gan_batch_size=gan_batch_size,
+                fit_epochs=fit_epochs, fit_time_budget_min=fit_time_budget_min, fit_batch_size=fit_batch_size,
+                crop_width=crop_width, crop_height=crop_height, max_defects_per_image=max_defects_per_image,
+                threads=threads, device=device,
+            )
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        run(cfg)

@@ -1,0 +1,163 @@
+"""The inpainting GAN: exact composite, global context of the FFC blocks, losses, pairs, a tiny fit + resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_gan_data import CLASSES, make_mask_folder, tiny_samples
+from train.gan.discriminator import PatchDiscriminator
+from train.gan.fit_gan import GanConfig, fit_gan, load_generator, paint
+from train.gan.generator import FFCResBlock, GeneratorConfig, InpaintGenerator, composite
+from train.gan.losses import d_adversarial, feature_matching, g_adversarial, masked_l1, r1_penalty
+from train.gan.pairs import PairConfig, PairSampler, to_tensors
+from train.gan.quality import frechet_distance, hole_l1_psnr
+from train.gan.shape_bank import LabelledImage, labels_from_masks
+
+torch.set_num_threads(1)
+
+
+def _labelled(**kw):
+    return [LabelledImage(s.image_id, s.image, labels_from_masks(s.masks)) for s in tiny_samples(**kw) if s.split == "train"]
+
+
+def test_composite_keeps_pixels_outside_the_hole_bit_exact():
+    torch.manual_seed(0)
+    g = InpaintGenerator(GeneratorConfig(num_classes=2, base=8, ffc_blocks=1)).eval()
+    real = torch.rand(2, 1, 32, 32) * 2 - 1
+    hole = (torch.rand(2, 1, 32, 32) > 0.7).float()
+    cmap = torch.zeros(2, 3, 32, 32)
+    cmap[:, 0] = 1
+    with torch.no_grad():
+        gen = g(real * (1 - hole), hole, cmap)
+    out = composite(gen, real, hole)
+    outside = hole == 0
+    assert torch.equal(out[outside], real[outside])  # bitwise, not approximately
+    assert torch.equal(out[~outside], gen[~outside])
+    assert gen.abs().max() <= 1.0
+
+
+def test_painted_uint8_crops_equal_the_input_outside_the_hole():
+    g = InpaintGenerator(GeneratorConfig(num_classes=2, base=8, ffc_blocks=1))
+    pairs = [PairSampler(_labelled(), 2, PairConfig(crop=32)).sample(np.random.default_rng(i)) for i in range(4)]
+    for p, out in zip(pairs, paint(g, pairs, 2)):
+        assert out.dtype == np.uint8
+        assert np.array_equal(out[~p.hole], p.image[~p.hole])
+        assert p.hole.any()
+
+
+def test_generator_rejects_sizes_it_cannot_downsample():
+    g = InpaintGenerator(GeneratorConfig(num_classes=1, base=8, ffc_blocks=1))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        g(torch.zeros(1, 1, 36, 32), torch.zeros(1, 1, 36, 32), torch.zeros(1, 2, 36, 32))
+
+
+def test_one_ffc_block_sees_the_whole_image():
+    # A 3x3 conv stack would need many layers to carry a corner to the opposite corner;
+    # the spectral path does it in one block.
+    torch.manual_seed(0)
+    block = FFCResBlock(16, 0.75).eval()
+    x = torch.randn(1, 16, 16, 16)
+    y0 = block(x)
+    x2 = x.clone()
+    x2[..., 0, 0] += 5.0
+    y1 = block(x2)
+    assert (y1 - y0)[..., -1, -1].abs().max() > 1e-4
+
+
+def test_discriminator_is_patchwise_spectrally_normalised_and_returns_features():
+    d = PatchDiscriminator(num_classes=2, base=8)
+    logits, feats = d(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64), torch.zeros(2, 3, 64, 64))
+    assert logits.shape[0] == 2 and logits.shape[1] == 1 and logits.shape[-1] > 1
+    assert len(feats) == 4
+    assert any("parametrizations.weight" in n for n, _ in d.named_parameters())
+    d.train()
+    for _ in range(20):  # power iterations converge
+        d(torch.randn(1, 1, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 3, 64, 64))
+    w = d.layers[1][0].weight.detach().flatten(1)
+    assert torch.linalg.matrix_norm(w, ord=2) < 1.1
+
+
+def test_losses_behave():
+    z = torch.zeros(4, 1, 3, 3)
+    assert d_adversarial(z, z).item() == pytest.approx(2 * math.log(2))
+    assert g_adversarial(z).item() == pytest.approx(math.log(2))
+    real, gen = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    hole = torch.zeros(1, 1, 4, 4)
+    hole[..., :2, :] = 1
+    gen[..., 2:, :] = 5.0  # differences outside the hole do not count
+    assert masked_l1(gen, real, hole).item() == 0.0
+    gen[..., :2, :] = 1.0
+    assert masked_l1(gen, real, hole, eps=0).item() == pytest.approx(1.0)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    assert r1_penalty((3 * x).sum((1, 2, 3)), x).item() == pytest.approx(9 * 64)
+    f = [torch.ones(1, 2), torch.zeros(1, 2)]
+    assert feature_matching(f, [torch.zeros(1, 2), torch.zeros(1, 2)]).item() == pytest.approx(0.5)
+
+
+def test_pairs_cover_real_defects_with_their_true_class_map():
+    sampler = PairSampler(_labelled(), 2, PairConfig(crop=32))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = sampler.sample(rng, "defect")
+        assert p.image.shape == p.labels.shape == p.hole.shape == (32, 32)
+        assert (p.labels[p.hole] > 0).any()  # a defect is inside the hole
+        # The hole is a dilated component: its pixels next to the defect are clean steel.
+        assert (p.labels[p.hole] == 0).any()
+    clean = [sampler.sample(rng, "clean") for _ in range(10)]
+    assert all(c.hole.any() for c in clean)
+    real, hole, cmap = to_tensors(clean, 2)
+    assert cmap.shape == (10, 3, 32, 32) and torch.all(cmap.sum(1) == 1)
+    assert np.array_equal(cmap.argmax(1).numpy(), np.stack([c.labels for c in clean]))
+    assert real.min() >= -1 and real.max() <= 1
+
+
+def test_quality_numbers():
+    a = np.zeros((8, 8), np.uint8)
+    b = a.copy()
+    hole = np.zeros((8, 8), bool)
+    hole[:4] = True
+    b[:4] = 51  # 0.2 of full scale in the hole
+    b[4:] = 255  # outside the hole: ignored
+    l1, psnr = hole_l1_psnr(b, a, hole)
+    assert l1 == pytest.approx(0.2) and psnr == pytest.approx(10 * math.log10(1 / 0.04))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3))
+    assert abs(frechet_distance(x, x)) < 1e-6
+    assert frechet_distance(x, x + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=1e-6)
+
+
+def test_tiny_fit_writes_everything_and_resumes(tmp_path):
+    data = make_mask_folder(tmp_path / "data")
+    run = tmp_path / "gan"
+    cfg = dict(data=str(data), out=str(run), crop=32, batch_size=2, base=8, ffc_blocks=1, d_base=8,
+               eval_pairs=6, sample_every=2, checkpoint_every=2, threads=1)
+    m = fit_gan(GanConfig(steps=3, **cfg))
+    for name in ("config.json", "generator.pt", "gan_checkpoint.pt", "history.json", "gan_metrics.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000002.png", "step_000003.png"]
+    saved = json.loads((run / "gan_metrics.json").read_text())
+    assert saved == json.loads(json.dumps(m))
+    for painter in ("gan", "telea"):
+        assert 0 <= saved[painter]["masked_l1"] <= 1
+        assert math.isfinite(saved[painter]["frechet_distance"]) and saved[painter]["frechet_distance"] >= -1e-6
+    assert saved["steps"] == 3 and saved["pairs"] == 6
+    g, meta = load_generator(run)
+    assert meta["classes"] == list(CLASSES) and meta["crop"] == 32 and meta["step"] == 3
+
+    m2 = fit_gan(GanConfig(steps=5, resume=True, **cfg))
+    assert m2["steps"] == 5
+    hist = json.loads((run / "history.json").read_text())
+    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5]
+
+
+def test_load_generator_refuses_other_files(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "generator.pt")
+    with pytest.raises(ValueError, match="not an inspect-edge GAN generator"):
+        load_generator(tmp_path)
+    with pytest.raises(FileNotFoundError, match="train gan"):
+        load_generator(tmp_path / "nowhere")

@@ -1,0 +1,231 @@
+"""`train augment-and-fit`: the one retraining command.
+
+fit the GAN (or reuse `--generator`) -> synthesize N pairs -> fit the segmenter on real +
+synthetic (calibrated by `train fit`) -> evaluate on held-out real images -> report.
+With `--ablation` the same segmenter, budget and seed are also fitted on real only and
+on real + copy-paste, and the report puts the three arms side by side.
+
+Every arm trains from its own mask folder under RUN/data/<arm>/: `train` holds the
+labelled real images (symbolic links when the input is a mask folder, so no pixel is
+re-encoded) plus that arm's synthetic pairs, `val` holds the held-out real images. The
+labelled subset is chosen once, here, with the same seeded rule as
+`train fit --labelled-fraction`, and the segmenter is then fitted with fraction 1 on it,
+so all arms see exactly the same real labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from train.gan.shape_bank import LabelledImage, masks_from_labels
+
+ARM_REAL, ARM_COPY, ARM_GAN = "real", "real+copy-paste", "real+gan"
+
+
+@dataclass
+class AugmentConfig:
+    data: str
+    out: str
+    generator: str | None = None  # a `train gan` run to reuse instead of fitting one
+    count: int = 300  # synthetic pairs per synthetic arm
+    labelled_fraction: float = 1.0
+    seed: int = 0
+    ablation: bool = False
+    size: str = "nano"
+    gan_steps: int = 3000
+    gan_time_budget_min: float | None = None
+    gan_crop: int = 128
+    gan_batch_size: int = 8
+    fit_epochs: int = 30
+    fit_time_budget_min: float | None = None
+    fit_batch_size: int = 8
+    crop_width: int = 512
+    crop_height: int | None = None
+    max_defects_per_image: int = 2
+    threads: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise ValueError(f"labelled_fraction must be in (0, 1], got {self.labelled_fraction}")
+        if self.count < 1:
+            raise ValueError(f"count must be >= 1, got {self.count}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def command_line(self) -> str:
+        """The `train augment-and-fit` command that reproduces this run."""
+        parts = ["train augment-and-fit"]
+        defaults = AugmentConfig(data="", out="")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("data", "out") or v != getattr(defaults, f.name):
+                flag = "--" + f.name.replace("_", "-")
+                if isinstance(v, bool):
+                    parts.append(flag if v else "--no-" + f.name.replace("_", "-"))
+                else:
+                    parts.append(f"{flag} {v}")
+        return " ".join(parts)
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    os.symlink(Path(src).resolve(), dst)
+
+
+def add_real(folder: Path, ds, split: str) -> int:
+    """Put every image of view `ds` into mask folder `folder` under `split`: links for a
+    mask-folder source, written PNG index masks otherwise (Severstal overlaps: lower class wins)."""
+    from inspect_edge.data import Sample, write_mask_folder
+
+    if ds.format == "mask-folder":
+        for i in range(len(ds)):
+            img = ds.image_path(i)
+            src_split = img.parent.name
+            _link(img, folder / "images" / split / img.name)
+            _link(ds.root / "masks" / src_split / f"{img.stem}.png", folder / "masks" / split / f"{img.stem}.png")
+        return len(ds)
+    from train.gan.shape_bank import labels_from_masks
+
+    def samples():
+        for s in ds:
+            yield Sample(s.image_id, s.image, masks_from_labels(labels_from_masks(s.masks), len(ds.classes)), split)
+
+    return write_mask_folder(folder, samples(), ds.classes)
+
+
+def build_arm_folder(folder: Path, train_ds, held_ds, synthetic: list, classes) -> None:
+    from inspect_edge.data import Sample, write_mask_folder
+    from inspect_edge.data.dataset import write_classes_txt
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_classes_txt(folder / "classes.txt", classes)
+    add_real(folder, train_ds, "train")
+    add_real(folder, held_ds, "val")
+    if synthetic:
+        write_mask_folder(folder, (Sample(s.image_id, s.image, masks_from_labels(s.labels, len(classes)), "train") for s in synthetic), classes)
+        (folder / "synthetic_manifest.json").write_text(json.dumps([s.record for s in synthetic], indent=1) + "\n")
+
+
+def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
+    from rich.console import Console
+
+    from inspect_edge.data import open_dataset
+    from train.config import FitConfig
+    from train.evaluate import evaluate
+    from train.fit import fit
+    from train.gan.fit_gan import GanConfig, fit_gan, labelled_split, load_generator
+    from train.gan.report import synthetic_grid, write_report
+    from train.gan.shape_bank import ShapeBank, load_labelled
+    from train.gan.synthesize import SynthConfig, synthesize_samples
+
+    console = console or Console()
+    t_start = time.monotonic()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    ds = open_dataset(cfg.data)
+    classes = tuple(ds.classes)
+    train_ds, held_ds, how = labelled_split(ds, seed=cfg.seed, labelled_fraction=cfg.labelled_fraction)
+    labelled: list[LabelledImage] = load_labelled(train_ds)
+    console.print(f"[bold]augment-and-fit[/]: {len(labelled)} labelled training images, {len(held_ds)} held-out ({how})")
+
+    # 1. Generator.
+    gan_metrics = None
+    if cfg.generator:
+        gen_run = Path(cfg.generator)
+        if (gen_run / "gan_metrics.json").is_file():
+            gan_metrics = json.loads((gen_run / "gan_metrics.json").read_text())
+    else:
+        gen_run = out / "gan"
+        gan_metrics = fit_gan(GanConfig(
+            data=cfg.data, out=str(gen_run), crop=cfg.gan_crop, batch_size=cfg.gan_batch_size, steps=cfg.gan_steps,
+            time_budget_min=cfg.gan_time_budget_min, seed=cfg.seed, labelled_fraction=cfg.labelled_fraction,
+            threads=cfg.threads, device=cfg.device,
+        ), console)
+    generator, meta = load_generator(gen_run)
+    if tuple(meta["classes"]) != classes:
+        raise ValueError(f"{gen_run}: generator classes {meta['classes']} differ from {cfg.data}'s {list(classes)}")
+    if cfg.device != "cpu":
+        from train.gan.fit_gan import pick_device
+
+        generator = generator.to(pick_device(cfg.device))
+
+    # 2. Synthetic pairs (same seed: same shapes and placements for both painters).
+    bank = ShapeBank.from_images(labelled, len(classes))
+    synth = {}
+    methods = {ARM_GAN: "gan"}
+    if cfg.ablation:
+        methods[ARM_COPY] = "copy-paste"
+    for arm, method in methods.items():
+        t = time.monotonic()
+        scfg = SynthConfig(count=cfg.count, method=method, seed=cfg.seed, crop=int(meta["crop"]), max_defects_per_image=cfg.max_defects_per_image)
+        synth[arm] = synthesize_samples(labelled, bank, scfg, classes, generator if method == "gan" else None)
+        console.print(f"synthesized {len(synth[arm])} {method} pairs in {time.monotonic() - t:.1f}s")
+
+    # 3. One segmenter per arm, same budget and seed, evaluated on the same held-out images.
+    arms = ([ARM_REAL, ARM_COPY] if cfg.ablation else []) + [ARM_GAN]
+    results = {}
+    for arm in arms:
+        slug = arm.replace("+", "_")
+        folder = out / "data" / slug
+        build_arm_folder(folder, train_ds, held_ds, synth.get(arm, []), classes)
+        run = out / "runs" / slug
+        console.print(f"[bold]arm {arm}[/]: fitting on {len(labelled)} real + {len(synth.get(arm, []))} synthetic images")
+        fit_metrics = fit(FitConfig(
+            data=str(folder), out=str(run), size=cfg.size, epochs=cfg.fit_epochs, time_budget_min=cfg.fit_time_budget_min,
+            batch_size=cfg.fit_batch_size, crop_width=cfg.crop_width, crop_height=cfg.crop_height, seed=cfg.seed,
+            threads=cfg.threads, device=cfg.device,
+        ))
+        ev = evaluate(run, folder, "val", out=run)
+        results[arm] = {
+            "run": str(run), "real_images": len(labelled), "synthetic_images": len(synth.get(arm, [])),
+            "epochs_run": fit_metrics.get("epochs_run"), "train_seconds": fit_metrics.get("train_seconds"),
+            "metrics": {k: ev[k] for k in ("competition_dice", "per_class_dice", "per_class_dice_present", "per_class_iou", "mean_iou", "n_images")},
+        }
+        console.print(f"arm {arm}: competition Dice {ev['competition_dice']:.4f} on {ev['n_images']} held-out images")
+
+    # 4. Pictures and report.
+    pictures = {}
+    examples = {m: [(s.image, s.labels) for s in synth[arm][:6]] for arm, m in methods.items()}
+    synthetic_grid(out / "synthetic_examples.png", examples)
+    pictures["Synthetic pairs, same shapes and placements (" + " | ".join(f"{m} image, {m} mask" for m in examples) + ")"] = "synthetic_examples.png"
+    samples = sorted((Path(gen_run) / "samples").glob("step_*.png"))
+    if samples:
+        shutil.copyfile(samples[-1], out / "gan_samples.png")
+        pictures["GAN on held-out real defects (input | hole + class map | generated | real)"] = "gan_samples.png"
+    for arm in arms:
+        vs = out / "runs" / arm.replace("+", "_") / "val_samples.png"
+        if vs.is_file():
+            pictures[f"Segmenter {arm} on validation images"] = str(vs.relative_to(out))
+    verdict = None
+    if cfg.ablation:
+        d = {a: results[a]["metrics"]["competition_dice"] for a in arms}
+        best = max(d, key=d.get)
+        beats = d[ARM_GAN] > d[ARM_REAL] and d[ARM_GAN] > d[ARM_COPY]
+        verdict = (
+            f"GAN augmentation {'beats' if beats else 'does NOT beat'} both rivals on competition Dice "
+            f"(real {d[ARM_REAL]:.4f}, real+copy-paste {d[ARM_COPY]:.4f}, real+gan {d[ARM_GAN]:.4f}; best: {best})."
+        )
+    result = {
+        "data": cfg.data, "labelled_fraction": cfg.labelled_fraction, "labelled_images": len(labelled), "seed": cfg.seed,
+        "eval_split": how, "eval_images": len(held_ds), "classes": list(classes), "arms": results, "verdict": verdict,
+        "generator": str(gen_run), "gan_metrics": gan_metrics, "shape_bank": bank.summary(), "pictures": pictures,
+        "calibration_note": "each arm's thresholds/min areas are calibrated by `train fit` on the held-out split it is evaluated on (same for every arm)",
+        "config": cfg.to_dict(), "command": cfg.command_line(), "total_seconds": round(time.monotonic() - t_start, 1),
+    }
+    write_report(out, result)
+    console.print(f"report written to {out / 'report.md'}" + (f"\n{verdict}" if verdict else ""))
+    return result

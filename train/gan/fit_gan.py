@@ -1,0 +1,296 @@
+"""`train gan`: fit the mask-conditioned inpainting GAN on the labelled data.
+
+Run folder: config.json, gan_checkpoint.pt (everything needed to resume), generator.pt
+(the EMA generator: what synthesis uses), samples/step_*.png (input | hole + class map |
+generated | real on fixed held-out pairs), history.json, gan_metrics.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from train.gan.discriminator import PatchDiscriminator
+from train.gan.generator import GeneratorConfig, InpaintGenerator, composite
+from train.gan.losses import d_adversarial, feature_matching, g_adversarial, masked_l1, r1_penalty
+from train.gan.pairs import Pair, PairConfig, PairSampler, to_tensors, to_uint8
+from train.gan.quality import FeatureNet, measure
+from train.gan.report import gan_sample_grid
+from train.gan.shape_bank import load_labelled
+
+GENERATOR_FORMAT = "inspect-edge-gan-generator"
+
+
+@dataclass
+class GanConfig:
+    data: str
+    out: str
+    crop: int = 128
+    batch_size: int = 8
+    steps: int = 3000
+    time_budget_min: float | None = None  # stops early (and still saves and measures) when spent
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    base: int = 16
+    ffc_blocks: int = 4
+    d_base: int = 32
+    l1_weight: float = 10.0
+    fm_weight: float = 5.0
+    adv_weight: float = 1.0
+    r1_gamma: float = 1.0
+    r1_every: int = 4  # lazy regularisation: the penalty every N discriminator steps, scaled by N
+    ema_decay: float = 0.999
+    defect_share: float = 0.7
+    seed: int = 0
+    labelled_fraction: float = 1.0
+    split: str | None = None
+    val_split: str = "val"
+    val_fraction: float = 0.2
+    sample_every: int = 250
+    checkpoint_every: int = 250
+    eval_pairs: int = 64
+    feature_net: str = "random"  # random | segmenter
+    segmenter_run: str | None = None
+    resume: bool = False
+    threads: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.crop < 32 or self.crop % 8:
+            raise ValueError(f"crop must be a multiple of 8 and >= 32, got {self.crop}")
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise ValueError(f"labelled_fraction must be in (0, 1], got {self.labelled_fraction}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.feature_net == "segmenter" and not self.segmenter_run:
+            raise ValueError("feature_net 'segmenter' needs segmenter_run")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GanConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"gan config: unknown field(s) {unknown}")
+        return cls(**d)
+
+
+def labelled_split(ds, *, seed: int, labelled_fraction: float, split=None, val_split="val", val_fraction=0.2):
+    """(labelled training view, held-out view, how): the same train/val split and the same
+    seeded labelled subset as `train fit --labelled-fraction`, so every stage agrees on
+    which images have labels."""
+    from train.datasets import seeded_subset_indices, split_train_val
+
+    train_ds, held_ds, how = split_train_val(ds, train_split=split, val_split=val_split, val_fraction=val_fraction, seed=seed)
+    if labelled_fraction < 1.0:
+        train_ds = train_ds.subset(seeded_subset_indices(len(train_ds), labelled_fraction, seed).tolist())
+    return train_ds, held_ds, how
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def paint(generator: InpaintGenerator, pairs: list[Pair], num_classes: int, batch: int = 16) -> list[np.ndarray]:
+    """Composited uint8 crops: generated inside each hole, the input's exact pixels outside."""
+    generator.eval()
+    device = next(generator.parameters()).device
+    out = []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        real, hole, cmap = (t.to(device) for t in to_tensors(chunk, num_classes))
+        gen = to_uint8(generator(real * (1 - hole), hole, cmap))
+        for p, g in zip(chunk, gen):
+            out.append(np.where(p.hole, g, p.image))
+    return out
+
+
+def save_generator(path: Path, generator: InpaintGenerator, classes, crop: int, step: int) -> None:
+    record = {
+        "format": GENERATOR_FORMAT,
+        "generator_config": generator.cfg.to_dict(),
+        "state_dict": generator.state_dict(),
+        "classes": list(classes),
+        "crop": crop,
+        "step": step,
+    }
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(record, tmp)
+    tmp.replace(path)
+
+
+def load_generator(path: str | Path) -> tuple[InpaintGenerator, dict]:
+    """(EMA generator in eval mode, its record without weights) from a run folder or generator.pt."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "generator.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no generator (run `train gan` first)")
+    record = torch.load(p, map_location="cpu", weights_only=True)
+    if not isinstance(record, dict) or record.get("format") != GENERATOR_FORMAT:
+        raise ValueError(f"{p}: not an inspect-edge GAN generator (no format={GENERATOR_FORMAT!r} tag)")
+    g = InpaintGenerator(GeneratorConfig(**record["generator_config"]))
+    g.load_state_dict(record["state_dict"])
+    meta = {k: v for k, v in record.items() if k != "state_dict"}
+    return g.eval(), meta
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - decay)
+        for be, bm in zip(ema.buffers(), model.buffers()):
+            be.copy_(bm)
+
+
+def held_out_pairs(held_images, num_classes: int, cfg: GanConfig) -> list[Pair]:
+    """Fixed defect pairs from held-out images (seeded): the measuring stick for every step."""
+    if not held_images:
+        return []
+    sampler = PairSampler(held_images, num_classes, PairConfig(crop=cfg.crop, dilate_range=(3, 3)))
+    rng = np.random.default_rng(cfg.seed + 7919)
+    kind = "defect" if sampler.components else "clean"
+    return [sampler.sample(rng, kind) for _ in range(cfg.eval_pairs)]
+
+
+def fit_gan(cfg: GanConfig, console=None) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from inspect_edge.data import open_dataset
+
+    console = console or Console()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    ds = open_dataset(cfg.data)
+    k = len(ds.classes)
+    train_ds, held_ds, how = labelled_split(
+        ds, seed=cfg.seed, labelled_fraction=cfg.labelled_fraction, split=cfg.split,
+        val_split=cfg.val_split, val_fraction=cfg.val_fraction,
+    )
+    labelled = load_labelled(train_ds)
+    held_idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(held_ds))[: max(cfg.eval_pairs, 1)])
+    eval_pairs = held_out_pairs(load_labelled(held_ds, held_idx), k, cfg)
+    sampler = PairSampler(labelled, k, PairConfig(crop=cfg.crop, defect_share=cfg.defect_share))
+    console.print(
+        f"GAN: {len(labelled)} labelled images ({sampler.bank.summary()['shapes']} defect shapes), "
+        f"held-out {len(eval_pairs)} pairs from {len(held_ds)} images ({how}); device {device}"
+    )
+
+    gen = InpaintGenerator(GeneratorConfig(num_classes=k, base=cfg.base, ffc_blocks=cfg.ffc_blocks)).to(device)
+    disc = PatchDiscriminator(k, cfg.d_base).to(device)
+    ema = copy.deepcopy(gen).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    history: list[dict] = []
+    step = 0
+    ckpt_path = out / "gan_checkpoint.pt"
+    if cfg.resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        gen.load_state_dict(ck["generator"])
+        disc.load_state_dict(ck["discriminator"])
+        ema.load_state_dict(ck["ema"])
+        opt_g.load_state_dict(ck["opt_g"])
+        opt_d.load_state_dict(ck["opt_d"])
+        step = int(ck["step"])
+        rng.bit_generator.state = json.loads(ck["rng"])
+        history = json.loads(ck["history"])
+        console.print(f"resumed from {ckpt_path} at step {step}")
+
+    def save_checkpoint() -> None:
+        record = {
+            "generator": gen.state_dict(), "discriminator": disc.state_dict(), "ema": ema.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
+            "rng": json.dumps(rng.bit_generator.state), "history": json.dumps(history),
+        }
+        torch.save(record, ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        save_generator(out / "generator.pt", ema, ds.classes, cfg.crop, step)
+
+    def write_samples() -> None:
+        shown = eval_pairs[:6]
+        if shown:
+            gan_sample_grid(out / "samples" / f"step_{step:06d}.png", shown, paint(ema, shown, k))
+
+    t0 = time.monotonic()
+    deadline = t0 + cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    stopped = "steps"
+    columns = [TextColumn("GAN"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("gan", total=cfg.steps, completed=step, losses="")
+        while step < cfg.steps:
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = "time budget"
+                break
+            gen.train()
+            real, hole, cmap = (t.to(device) for t in to_tensors([sampler.sample(rng) for _ in range(cfg.batch_size)], k))
+            # Discriminator step.
+            disc.requires_grad_(True)
+            raw = gen(real * (1 - hole), hole, cmap)
+            fake = composite(raw, real, hole)
+            d_real, _ = disc(real, hole, cmap)
+            d_fake, _ = disc(fake.detach(), hole, cmap)
+            loss_d = d_adversarial(d_real, d_fake)
+            r1 = torch.zeros((), device=device)
+            if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
+                real_r = real.detach().requires_grad_(True)
+                logits_r, _ = disc(real_r, hole, cmap)
+                r1 = r1_penalty(logits_r, real_r)
+                loss_d = loss_d + 0.5 * cfg.r1_gamma * cfg.r1_every * r1
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            # Generator step (discriminator frozen).
+            disc.requires_grad_(False)
+            d_fake, feats_fake = disc(fake, hole, cmap)
+            with torch.no_grad():
+                _, feats_real = disc(real, hole, cmap)
+            adv = g_adversarial(d_fake)
+            l1 = masked_l1(raw, real, hole)
+            fm = feature_matching(feats_fake, feats_real)
+            loss_g = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.fm_weight * fm
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            # EMA warms up: early on a 0.999 average would mostly remember the random init.
+            _ema_update(ema, gen, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            rec = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), "adv": adv.item(), "l1": l1.item(), "fm": fm.item(), "r1": r1.item()}
+            history.append(rec)
+            progress.update(task, completed=step, losses=f"D {rec['loss_d']:.3f} G {rec['loss_g']:.3f} L1 {rec['l1']:.3f}")
+            if step % cfg.sample_every == 0:
+                write_samples()
+            if step % cfg.checkpoint_every == 0:
+                save_checkpoint()
+    save_checkpoint()
+    write_samples()
+    (out / "history.json").write_text(json.dumps(history) + "\n")
+
+    features = FeatureNet(cfg.feature_net, cfg.segmenter_run, seed=0)
+    metrics = measure(eval_pairs, paint(ema, eval_pairs, k), features) if eval_pairs else {"pairs": 0}
+    metrics.update({
+        "steps": step, "stopped_by": stopped, "train_seconds": round(time.monotonic() - t0, 1),
+        "labelled_images": len(labelled), "held_out_images": len(held_ds), "split": how,
+    })
+    (out / "gan_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
