@@ -97,7 +97,7 @@ def synth_data(
         "strips_per_minute": round(60 * count / seconds, 1) if seconds > 0 and count else None,
     }
     console.print(f"wrote {count} strips to {out} in {seconds:.1f} s "
-                  f"({record['strips_per_minute'] or 0:.0f} strips/min)")
+                  f"({record['strips_per_minute'] or 0:.0f} strips/min)", soft_wrap=True)
     if preview is not None and kept:
         render_preview(preview, kept, SYNTH_CLASSES, f"seed {seed}")
         console.print(f"preview: {preview}")
@@ -138,12 +138,13 @@ def inspect_data(
     if as_json:
         console.print_json(json.dumps(s))
         return
-    console.print(f"[bold]{s['root']}[/]  format: {s['format']}", highlight=False)
+    console.print(f"[bold]{s['root']}[/]  format: {s['format']}", highlight=False, soft_wrap=True)
     splits = ", ".join(f"{k} {v}" for k, v in s["splits"].items())
     console.print(f"images: {s['images']} ({splits})   defect-free: {s['defect_free']} "
-                  f"({_pct(s['defect_free_share'])})   with more than one class: {s['multi_class_images']}")
+                  f"({_pct(s['defect_free_share'])})   with more than one class: {s['multi_class_images']}",
+                  soft_wrap=True)
     sizes = ", ".join(f"{k} x{v}" for k, v in s["image_sizes"].items()) or "-"
-    console.print(f"image sizes (WxH): {sizes}", highlight=False)
+    console.print(f"image sizes (WxH): {sizes}", highlight=False, soft_wrap=True)
     table = Table(title=None, show_edge=False)
     for col in ("class", "images", "share of images", "pixels", "pixel share"):
         table.add_column(col, justify="left" if col == "class" else "right")

@@ -21,13 +21,19 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC) * 0.6
 
 
+def _place(rng: np.random.Generator, size: int, extent: int) -> int:
+    """Offset for a stamp of `size` so that at least a third of it lands inside `extent`."""
+    lo = -size // 3
+    return int(rng.integers(lo, max(lo + 1, extent - 2 * size // 3)))
+
+
 def _contrast(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
 def paint_pits(rng: np.random.Generator, h: int, w: int) -> Stamp:
     """Class 1: small pits and spots in a cluster (dark, sometimes with a bright rim)."""
-    rx, ry = rng.uniform(8, 70), rng.uniform(6, 35)
+    rx, ry = rng.uniform(8, 70) * min(1.0, w / 400), rng.uniform(6, 35) * min(1.0, h / 128)
     bw, bh = int(2 * rx + 12), int(2 * ry + 12)
     delta = np.zeros((bh, bw), np.float32)
     base = _contrast(rng, 25, 75)
@@ -44,14 +50,13 @@ def paint_pits(rng: np.random.Generator, h: int, w: int) -> Stamp:
                     float(depth), -1)
         if ax > 2.5 and rng.random() < 0.3:  # a darker core
             cv2.circle(delta, center, max(1, round(ax / 2)), float(depth * 1.5), -1)
-    y0 = int(rng.integers(-bh // 3, h - 2 * bh // 3))
-    x0 = int(rng.integers(-bw // 3, w - 2 * bw // 3))
+    y0, x0 = _place(rng, bh, h), _place(rng, bw, w)
     return y0, x0, delta != 0, delta
 
 
 def paint_crack(rng: np.random.Generator, h: int, w: int) -> Stamp:
     """Class 2: a thin jagged crack, mostly across the rolling direction, sometimes branched."""
-    length = rng.uniform(30, 200)
+    length = rng.uniform(30, 200) * min(1.0, h / 256)
     bw = bh = int(2 * length + 10)
     delta = np.zeros((bh, bw), np.float32)
     heading = rng.normal(np.pi / 2, 0.6) * (1 if rng.random() < 0.5 else -1)
@@ -72,8 +77,7 @@ def paint_crack(rng: np.random.Generator, h: int, w: int) -> Stamp:
         cv2.polylines(delta, [arr], False, float(contrast * rng.uniform(0.8, 1.1)), int(rng.choice([1, 2, 2, 3])))
 
     walk(bw / 2, bh / 2, heading, length)
-    y0 = int(rng.integers(-bh // 2, h - bh // 2))
-    x0 = int(rng.integers(-bw // 3, w - 2 * bw // 3))
+    y0, x0 = _place(rng, bh, h), _place(rng, bw, w)
     return y0, x0, delta != 0, delta
 
 
@@ -102,14 +106,14 @@ def paint_scratches(rng: np.random.Generator, h: int, w: int) -> Stamp:
     # Scratches fade in and out along their length; 0.5 floor keeps every masked pixel visible.
     fade = 0.5 + 0.5 * np.clip(_smooth_noise(rng, 1, bw, 80)[0] + 0.5, 0, 1)
     delta *= fade[None, :]
-    y0 = int(rng.integers(-bh // 3, h - 2 * bh // 3))
-    x0 = int(rng.integers(-bw // 4, w - bw // 2))
+    y0, x0 = _place(rng, bh, h), _place(rng, bw, w)
     return y0, x0, delta != 0, delta
 
 
 def paint_patch(rng: np.random.Generator, h: int, w: int) -> Stamp:
     """Class 4: a large irregular patch of scale, elongated along rolling, mottled inside."""
-    bw = int(rng.uniform(60, min(500, w)))
+    lo = min(60.0, 0.3 * w)
+    bw = int(rng.uniform(lo, max(lo + 1, min(500, w))))
     bh = int(np.clip(bw * rng.uniform(0.25, 0.8), 20, 0.85 * h))
     yy, xx = np.mgrid[0:bh, 0:bw].astype(np.float32)
     r = np.sqrt(((xx - bw / 2) / (bw / 2)) ** 2 + ((yy - bh / 2) / (bh / 2)) ** 2)
@@ -127,8 +131,7 @@ def paint_patch(rng: np.random.Generator, h: int, w: int) -> Stamp:
     if rng.random() < 0.5:  # rolled-in scale: a few darker flakes inside the patch
         flakes = (_smooth_noise(rng, bh, bw, 5) > 0.5) & mask
         delta[flakes] -= _contrast(rng, 10, 30)
-    y0 = int(rng.integers(-bh // 4, h - 3 * bh // 4))
-    x0 = int(rng.integers(-bw // 4, w - 3 * bw // 4))
+    y0, x0 = _place(rng, bh, h), _place(rng, bw, w)
     return y0, x0, delta != 0, delta
 
 
