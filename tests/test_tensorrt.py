@@ -235,6 +235,10 @@ def test_cache_builds_once_and_rebuilds_engines_from_another_device(tmp_path, on
     write_sidecar(foreign, info, EngineKey(**{**key.__dict__, "gpu_name": "Orin (nvgpu)", "compute_capability": "8.7"}), source)
     with open_backend(foreign, engine_cache=cache) as b:
         assert b.path == first
+    # A damaged cache entry is rebuilt once, not served.
+    first.write_bytes(first.read_bytes()[:500])
+    with open_backend(onnx_model, backend="tensorrt", engine_cache=cache) as b:
+        assert b.infer(_frames(1)).shape == (1, 2, H, W)
     source.unlink()
     with pytest.raises(EngineMismatch, match="engine built for Orin"):
         open_backend(foreign, engine_cache=cache)

@@ -74,7 +74,12 @@ def open_backend(
 
     if path.suffix.lower() in ONNX_SUFFIXES:
         engine = tensorrt_build.cached_engine(path, cache_dir=engine_cache)
-        return TensorRTBackend(engine)
+        try:
+            return TensorRTBackend(engine)
+        except tensorrt_build.EngineLoadError:
+            # A damaged cache entry (a power cut mid-copy): build it again, once.
+            engine = tensorrt_build.cached_engine(path, cache_dir=engine_cache, rebuild=True)
+            return TensorRTBackend(engine)
     try:
         return TensorRTBackend(path)
     except tensorrt_build.EngineMismatch as e:

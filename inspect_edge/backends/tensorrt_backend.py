@@ -22,7 +22,13 @@ import numpy as np
 
 from inspect_edge.backends.base import Backend, BackendError
 from inspect_edge.backends.onnxruntime_backend import check_model_file
-from inspect_edge.backends.tensorrt_build import check_engine_fits, current_device, import_tensorrt, read_sidecar
+from inspect_edge.backends.tensorrt_build import (
+    EngineLoadError,
+    check_engine_fits,
+    current_device,
+    import_tensorrt,
+    read_sidecar,
+)
 
 
 class TensorRTBackend(Backend):
@@ -52,7 +58,7 @@ class TensorRTBackend(Backend):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise BackendError(f"{self.path}: TensorRT could not load this engine (truncated, or built "
+            raise EngineLoadError(f"{self.path}: TensorRT could not load this engine (truncated, or built "
                                "by another TensorRT version or for another GPU)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

@@ -46,6 +46,10 @@ class EngineMismatch(BackendError):
         self.source_onnx = source_onnx
 
 
+class EngineLoadError(BackendError):
+    """TensorRT refused to deserialize an engine file (truncated, corrupt, or from another build)."""
+
+
 class EngineBuildError(BackendError):
     """TensorRT refused to parse or build the network."""
 
@@ -175,14 +179,15 @@ def timing_cache_path(engine_path: str | Path, device: DeviceIdentity) -> Path:
 
 
 def cached_engine(onnx_path: str | Path, cache_dir: str | Path | None = None,
-                  opts: BuildOptions | None = None, log: Callable[[str], None] = print) -> Path:
-    """The engine for `onnx_path` on this device, built (and cached) when missing or stale."""
+                  opts: BuildOptions | None = None, log: Callable[[str], None] = print,
+                  rebuild: bool = False) -> Path:
+    """The engine for `onnx_path` on this device, built (and cached) when missing, stale or `rebuild`."""
     onnx_path = Path(onnx_path)
     opts = opts or BuildOptions()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     key = EngineKey.for_build(current_device(), file_sha256(onnx_path), opts)
     engine = cache / f"{key.file_stem()}.engine"
-    if engine.is_file() and sidecar_path(engine).is_file():
+    if engine.is_file() and sidecar_path(engine).is_file() and not rebuild:
         try:
             _, stored, _ = read_sidecar(engine)
             if stored == key:
