@@ -1,0 +1,81 @@
+"""The service's one typed config. CLI flags map onto it; each run writes it to its run folder.
+
+Unknown fields are refused (extra="forbid"), so a typo in a config file fails
+at start-up with the field's name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SourceConfig(_Strict):
+    spec: str = Field("synthetic", description="camera index, stream URL, video, folder/glob, or 'synthetic'")
+    loop: bool = Field(False, description="restart files and folders at their end")
+    realtime: bool = Field(True, description="play video files at their own frame rate, as a camera would")
+    fps: float | None = Field(None, gt=0, description="rate for folders and the synthetic strip (default 10)")
+    open_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0, description="first wait before reopening a lost source")
+    reconnect_max_s: float = Field(10.0, gt=0, description="the wait doubles up to this")
+
+
+class ModelConfig(_Strict):
+    path: Path | None = Field(None, description="model file; None means the built-in model")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU inference threads (None: the runtime decides)")
+    fit: Literal["tile", "resize"] = "tile"
+    tile_overlap: int = Field(32, ge=0)
+
+    def resolved_path(self) -> Path:
+        return self.path if self.path is not None else DEFAULT_MODEL
+
+
+class EventsConfig(_Strict):
+    evidence: bool = True
+    evidence_min_interval_s: float = Field(2.0, ge=0, description="at most one evidence set per interval")
+    evidence_quota_mb: float = Field(500.0, gt=0, description="oldest evidence is removed beyond this")
+    webhook_url: str | None = None
+    webhook_cooldown_s: float = Field(30.0, ge=0)
+    webhook_timeout_s: float = Field(3.0, gt=0)
+    queue_size: int = Field(16, ge=1)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    stream_fps: float = Field(15.0, gt=0, description="frame rate cap of /stream.mjpg per viewer")
+    jpeg_quality: int = Field(80, ge=10, le=100)
+    recent_window_s: float = Field(300.0, gt=0, description="'defects in the last minutes' window")
+    recent_interval_s: float = Field(1.0, ge=0, description="at most one recent-defect entry per class per interval")
+    ready_stale_s: float = Field(3.0, gt=0, description="/readyz fails when no frame arrived for this long")
+
+
+class ServiceConfig(_Strict):
+    source: SourceConfig = SourceConfig()
+    model: ModelConfig = ModelConfig()
+    events: EventsConfig = EventsConfig()
+    server: ServerConfig = ServerConfig()
+    out: Path | None = Field(None, description="run folder; default runs/service/<UTC timestamp>")
+
+    def run_dir(self) -> Path:
+        if self.out is not None:
+            return self.out
+        return Path("runs") / "service" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+    def write(self, run_dir: Path) -> Path:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "config.json"
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path

@@ -1,0 +1,226 @@
+"""Defect events: a JSON-lines log, evidence on disk, an optional webhook.
+
+Called from the inference thread for every processed frame, so it must be
+cheap and must never raise: the log line is appended there (small, and the
+one record that must not be lost), while evidence images and webhook calls go
+to a worker thread through a bounded queue. Every outcome is counted (saved,
+rate-limited, backlog, write error, quota eviction; sent, failed, cooldown), so
+nothing is lost silently. A full disk costs evidence, never the service.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+import urllib.request
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+
+from inspect_edge.config import EventsConfig
+from inspect_edge.overlay import encode_jpeg, encode_mask_png, render_overlay
+from inspect_edge.pipeline import FrameResult
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_OUTCOMES = ("saved", "rate_limited", "backlog", "write_error", "evicted")
+WEBHOOK_OUTCOMES = ("sent", "failed", "cooldown", "backlog", "shutdown")
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+class EvidenceStore:
+    """One folder per event (frame.jpg, overlay.jpg, mask.png, event.json) under a byte quota.
+
+    Folder names sort by time, so the oldest evidence is the first to go, both
+    when the quota is exceeded and when the disk is full.
+    """
+
+    def __init__(self, root: Path, quota_bytes: int) -> None:
+        self.root = Path(root)
+        self.quota_bytes = quota_bytes
+        self._index: deque[tuple[Path, int]] = deque()
+        self.total_bytes = 0
+        self.evicted = 0
+        if self.root.is_dir():  # evidence from an earlier run in the same folder counts too
+            for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+                self._index.append((d, size))
+                self.total_bytes += size
+
+    def save(self, name: str, result: FrameResult, event: dict) -> Path:
+        """Write one event's evidence; OSError only if it failed even after freeing space."""
+        files = {
+            "frame.jpg": encode_jpeg(result.image, 90),
+            "overlay.jpg": encode_jpeg(render_overlay(result.image, result.masks, result.defects), 85),
+            "mask.png": encode_mask_png(result.masks),
+            "event.json": (json.dumps(event, indent=2) + "\n").encode(),
+        }
+        try:
+            path = self._write(name, files)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._index:
+                raise
+            self._evict_oldest()
+            path = self._write(name, files)
+        self._enforce_quota()
+        return path
+
+    def _write(self, name: str, files: dict[str, bytes]) -> Path:
+        path = self.root / name
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            for fname, data in files.items():
+                (path / fname).write_bytes(data)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        size = sum(len(b) for b in files.values())
+        self._index.append((path, size))
+        self.total_bytes += size
+        return path
+
+    def _evict_oldest(self) -> None:
+        path, size = self._index.popleft()
+        shutil.rmtree(path, ignore_errors=True)
+        self.total_bytes -= size
+        self.evicted += 1
+
+    def _enforce_quota(self) -> None:
+        while self.total_bytes > self.quota_bytes and self._index:
+            self._evict_oldest()
+
+
+class EventRecorder:
+    """The events sink: `recorder(result)` for every processed frame."""
+
+    def __init__(self, run_dir: Path, cfg: EventsConfig) -> None:
+        self.cfg = cfg
+        self.log_path = Path(run_dir) / "events.jsonl"
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # reported on the first failed append, counted there
+            log.error("cannot create the run folder %s: %s", run_dir, e)
+        self.store = EvidenceStore(Path(run_dir) / "evidence", int(cfg.evidence_quota_mb * 1024 * 1024))
+        self._jobs: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+        self._lock = threading.Lock()
+        self._events = 0
+        self._log_errors = 0
+        self._evidence = {o: 0 for o in EVIDENCE_OUTCOMES}
+        self._webhook = {o: 0 for o in WEBHOOK_OUTCOMES}
+        self._last_evidence = -1e18
+        self._last_webhook = -1e18
+        self._last_log_warning = -1e18
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def counts(self) -> dict:
+        with self._lock:
+            evidence = dict(self._evidence)
+            evidence["evicted"] = self.store.evicted
+            return {"events": self._events, "log_errors": self._log_errors, "evidence": evidence,
+                    "webhook": dict(self._webhook), "evidence_bytes": self.store.total_bytes}
+
+    # ---- inference thread: cheap, never raises -----------------------------
+    def __call__(self, result: FrameResult) -> None:
+        if not result.defects:
+            return
+        now = time.monotonic()
+        name = datetime.fromtimestamp(result.capture_time, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+        name = f"{name}Z-{result.seq:08d}"
+        event = {"seq": result.seq, "time": result.capture_time, "iso_time": iso(result.capture_time),
+                 "defects": [d.to_dict() for d in result.defects], "evidence": None}
+        with self._lock:
+            self._events += 1
+            want_evidence = self.cfg.evidence and now - self._last_evidence >= self.cfg.evidence_min_interval_s
+            if self.cfg.evidence and not want_evidence:
+                self._evidence["rate_limited"] += 1
+            want_webhook = bool(self.cfg.webhook_url) and now - self._last_webhook >= self.cfg.webhook_cooldown_s
+            if self.cfg.webhook_url and not want_webhook:
+                self._webhook["cooldown"] += 1
+        if want_evidence and self._enqueue(("evidence", name, result, dict(event)), self._evidence):
+            self._last_evidence = now
+            event["evidence"] = f"evidence/{name}"
+        if want_webhook and self._enqueue(("webhook", event), self._webhook):
+            self._last_webhook = now
+        self._append_log(event)
+
+    def _enqueue(self, job: tuple, outcomes: dict) -> bool:
+        try:
+            self._jobs.put_nowait(job)
+            return True
+        except queue.Full:
+            with self._lock:
+                outcomes["backlog"] += 1
+            return False
+
+    def _append_log(self, event: dict) -> None:
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as e:
+            with self._lock:
+                self._log_errors += 1
+            if time.monotonic() - self._last_log_warning > 60:  # one warning a minute, not per frame
+                self._last_log_warning = time.monotonic()
+                log.error("cannot append to %s (%s); events are counted but not logged", self.log_path, e)
+
+    # ---- worker thread -----------------------------------------------------
+    def _work(self) -> None:
+        while not (self._stop.is_set() and self._jobs.empty()):
+            try:
+                job = self._jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if self._stop.is_set() and job[0] == "webhook":
+                with self._lock:  # do not hold shutdown up on a slow receiver, but say so
+                    self._webhook["shutdown"] += 1
+                continue
+            if job[0] == "evidence":
+                self._save_evidence(*job[1:])
+            else:
+                self._post(job[1])
+
+    def _save_evidence(self, name: str, result: FrameResult, event: dict) -> None:
+        event["evidence"] = f"evidence/{name}"
+        try:
+            self.store.save(name, result, event)
+            outcome = "saved"
+        except OSError as e:
+            log.error("evidence %s not saved: %s", name, e)
+            outcome = "write_error"
+        with self._lock:
+            self._evidence[outcome] += 1
+
+    def _post(self, event: dict) -> None:
+        body = json.dumps({"source": "inspect-edge", **event}).encode()
+        req = urllib.request.Request(self.cfg.webhook_url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.cfg.webhook_timeout_s) as resp:
+                ok = 200 <= resp.status < 300
+        except (OSError, ValueError) as e:
+            log.warning("webhook %s failed: %s", self.cfg.webhook_url, e)
+            ok = False
+        with self._lock:
+            self._webhook["sent" if ok else "failed"] += 1

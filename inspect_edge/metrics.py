@@ -1,0 +1,117 @@
+"""Every Prometheus metric of the service, defined once, under the prefix `inspect_edge_`.
+
+Each service instance has its own CollectorRegistry, so tests can build several
+apps in one process. Counters that /api/stats also shows (frames, drops,
+defects, reconnects) are read at scrape time from the same counts the capture
+thread and the pipeline keep, so the two endpoints cannot disagree. Latencies
+are histograms in seconds with buckets from 1 ms to 5 s. Labels come only from
+small fixed sets: drop reasons, stage names, the model's class names, outcomes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from inspect_edge.pipeline import STAGES, FrameResult
+from inspect_edge.sources.capture import DROP_REASONS
+
+PREFIX = "inspect_edge"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _StateCollector:
+    """Counters and gauges read from the live objects at scrape time."""
+
+    def __init__(self, capture, pipeline, events) -> None:
+        self.capture, self.pipeline, self.events = capture, pipeline, events
+
+    def describe(self):
+        return []  # families are built per scrape; nothing to pre-register
+
+    def collect(self):
+        cap = self.capture.counts()
+        pipe = self.pipeline.counts()
+        p = PREFIX
+        yield CounterMetricFamily(f"{p}_frames_captured", "Frames read from the source.", value=cap.captured)
+        yield CounterMetricFamily(f"{p}_frames_processed", "Frames that went through the model.",
+                                  value=pipe.processed)
+        dropped = CounterMetricFamily(f"{p}_frames_dropped", "Captured frames not processed, by reason.",
+                                      labels=["reason"])
+        for reason in DROP_REASONS:
+            n = cap.dropped.get(reason, 0) + (pipe.errors if reason == "error" else 0)
+            dropped.add_metric([reason], n)
+        yield dropped
+        yield GaugeMetricFamily(f"{p}_camera_up", "1 while the source delivers, 0 while it is lost or ended.",
+                                value=1 if cap.up else 0)
+        yield CounterMetricFamily(f"{p}_camera_reconnects", "Successful reconnections after a lost source.",
+                                  value=cap.reconnects)
+        yield GaugeMetricFamily(f"{p}_model_loaded", "1 once the model is loaded and warmed up.",
+                                value=1 if self.pipeline.ready.is_set() else 0)
+        defects = CounterMetricFamily(f"{p}_defects", "Defects found, by class (one per defect per frame).",
+                                      labels=["class"])
+        for name, n in pipe.defects.items():
+            defects.add_metric([name], n)
+        yield defects
+        if self.events is not None:
+            ev = self.events.counts()
+            yield CounterMetricFamily(f"{p}_events", "Frames with defects written to the event log.",
+                                      value=ev["events"])
+            evidence = CounterMetricFamily(f"{p}_evidence", "Evidence sets, by outcome.", labels=["outcome"])
+            for outcome, n in ev["evidence"].items():
+                evidence.add_metric([outcome], n)
+            yield evidence
+            yield GaugeMetricFamily(f"{p}_evidence_bytes", "Bytes of evidence kept on disk.",
+                                    value=ev["evidence_bytes"])
+            webhook = CounterMetricFamily(f"{p}_webhook_calls", "Webhook calls, by outcome.", labels=["outcome"])
+            for outcome, n in ev["webhook"].items():
+                webhook.add_metric([outcome], n)
+            yield webhook
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        p = PREFIX
+        self.latency = Histogram(f"{p}_capture_to_result_seconds",
+                                 "Time from frame capture to its defects being known.",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.stage = Histogram(f"{p}_stage_duration_seconds", "Time per frame in each pipeline stage.",
+                               ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        for s in STAGES:
+            self.stage.labels(s)
+        self.model = Info(f"{p}_model", "The model being served.", registry=self.registry)
+        self._area_values: dict[str, float] = {}
+
+    def bind(self, capture, pipeline, events=None) -> None:
+        self.registry.register(_StateCollector(capture, pipeline, events))
+        self.registry.register(_AreaCollector(self))
+
+    def set_model(self, model_version: str, backend: str, precision: str) -> None:
+        self.model.info({"model_version": model_version, "backend": backend, "precision": precision})
+
+    def observe(self, result: FrameResult, classes) -> None:
+        self.latency.observe(result.latency_s)
+        for s in STAGES:
+            self.stage.labels(s).observe(result.stage_s[s])
+        self._area_values = dict(zip(classes, result.area_share))
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _AreaCollector:
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        g = GaugeMetricFamily(f"{PREFIX}_defect_area_ratio",
+                              "Share of the last processed frame's pixels flagged as each class.",
+                              labels=["class"])
+        for name, share in self.metrics._area_values.items():
+            g.add_metric([name], share)
+        yield g

@@ -1,0 +1,89 @@
+"""Drawing defects on frames: one palette for the live page, the stream and evidence."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from inspect_edge.postprocess import Defect
+
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies),
+# as RGB; class k gets colour k, cycling for models with more classes.
+PALETTE_RGB = (
+    (230, 159, 0),    # orange
+    (86, 180, 233),   # sky blue
+    (0, 158, 115),    # bluish green
+    (240, 228, 66),   # yellow
+    (213, 94, 0),     # vermillion
+    (204, 121, 167),  # reddish purple
+    (0, 114, 178),    # blue
+)
+
+
+def class_color_rgb(k: int) -> tuple[int, int, int]:
+    return PALETTE_RGB[k % len(PALETTE_RGB)]
+
+
+def class_color_hex(k: int) -> str:
+    return "#%02x%02x%02x" % class_color_rgb(k)
+
+
+def _bgr(k: int) -> tuple[int, int, int]:
+    r, g, b = class_color_rgb(k)
+    return (b, g, r)
+
+
+def render_overlay(gray: np.ndarray, masks: np.ndarray, defects: list[Defect], alpha: float = 0.45,
+                   labels: bool = True) -> np.ndarray:
+    """BGR image: the frame, each class's mask tinted in its colour, boxes around defects."""
+    img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    for k in range(masks.shape[0]):
+        m = masks[k]
+        if not m.any():
+            continue
+        colour = np.array(_bgr(k), np.float32)
+        img[m] = (img[m].astype(np.float32) * (1 - alpha) + colour * alpha).astype(np.uint8)
+    for d in defects:
+        x, y, w, h = d.bbox
+        cv2.rectangle(img, (x - 2, y - 2), (x + w + 1, y + h + 1), _bgr(d.class_index), 2)
+        if labels:
+            text = f"{d.class_name} {d.peak_prob:.2f}"
+            ty = y - 6 if y >= 14 else y + h + 14
+            cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _bgr(d.class_index), 1, cv2.LINE_AA)
+    return img
+
+
+def crop_around(image: np.ndarray, bbox: tuple[int, int, int, int], margin: int = 12,
+                max_side: int = 160) -> np.ndarray:
+    """A small view of one defect with some context, at most `max_side` pixels on its long side."""
+    x, y, w, h = bbox
+    H, W = image.shape[:2]
+    x0, y0 = max(0, x - margin), max(0, y - margin)
+    x1, y1 = min(W, x + w + margin), min(H, y + h + margin)
+    crop = image[y0:y1, x0:x1]
+    scale = max_side / max(crop.shape[:2])
+    if scale < 1:
+        crop = cv2.resize(crop, (max(1, int(crop.shape[1] * scale)), max(1, int(crop.shape[0] * scale))),
+                          interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(crop)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def encode_mask_png(masks: np.ndarray) -> bytes:
+    """(K, H, W) bool as one 8-bit PNG: bit k set where class k is present (K <= 8), lossless."""
+    if masks.shape[0] > 8:
+        raise ValueError(f"mask PNG holds at most 8 classes, got {masks.shape[0]}")
+    packed = np.zeros(masks.shape[1:], np.uint8)
+    for k in range(masks.shape[0]):
+        packed |= masks[k].astype(np.uint8) << k
+    ok, buf = cv2.imencode(".png", packed)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()

@@ -1,0 +1,168 @@
+"""capture -> pre-process -> infer -> post-process -> sinks, on one inference thread.
+
+The backend is built inside the inference thread by a factory: TensorRT binds
+its CUDA context, buffers and stream to the thread that creates them, so a
+backend made on another thread would fail there. Sinks (metrics, live view,
+events) are plain callables run after each frame; a failing sink is logged and
+never stops inspection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inspect_edge.backends.base import Backend
+from inspect_edge.model_info import ModelInfo
+from inspect_edge.postprocess import Defect, find_defects, masks_from_logits
+from inspect_edge.preprocess import FitMode, Preprocessor
+from inspect_edge.sources.base import Frame
+from inspect_edge.sources.capture import LatestFrameCapture
+
+log = logging.getLogger(__name__)
+
+STAGES = ("preprocess", "inference", "postprocess")
+
+
+@dataclass
+class FrameResult:
+    seq: int
+    capture_time: float
+    image: np.ndarray                  # uint8 (H, W), the frame as captured
+    masks: np.ndarray                  # bool (K, H, W) after thresholds and minimum areas
+    defects: list[Defect]
+    stage_s: dict[str, float]          # seconds per stage, keys STAGES
+    latency_s: float                   # capture to result, including the wait for the model
+    area_share: tuple[float, ...]      # per class: flagged pixels / frame pixels
+    tiles: int
+
+
+@dataclass
+class PipelineCounts:
+    processed: int = 0
+    errors: int = 0                    # frames dropped because inference or post-processing failed
+    defects: dict[str, int] = field(default_factory=dict)
+
+
+class InspectionPipeline:
+    def __init__(self, capture: LatestFrameCapture, backend_factory: Callable[[], Backend], *,
+                 fit: FitMode = "tile", overlap: int = 32,
+                 sinks: Sequence[Callable[[FrameResult], None]] = (),
+                 on_model_loaded: Callable[[Backend], None] | None = None) -> None:
+        self.capture = capture
+        self.backend_factory = backend_factory
+        self.fit, self.overlap = fit, overlap
+        self.sinks = list(sinks)
+        self.on_model_loaded = on_model_loaded
+        self.info: ModelInfo | None = None
+        self.backend_name = ""
+        self.precision = ""
+        self.load_error = ""
+        self.ready = threading.Event()     # model loaded and warmed up
+        self._counts = PipelineCounts()
+        self._lock = threading.Lock()
+        self._done_times: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def counts(self) -> PipelineCounts:
+        with self._lock:
+            return PipelineCounts(self._counts.processed, self._counts.errors, dict(self._counts.defects))
+
+    def processed_fps(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        with self._lock:
+            times = [t for t in self._done_times if now - t <= window_s]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+
+    # ---- inference thread --------------------------------------------------
+    def _run(self) -> None:
+        try:
+            backend = self.backend_factory()
+        except Exception as e:  # any loader failure must reach /readyz, not kill silently
+            self.load_error = str(e) or type(e).__name__
+            log.error("model not loaded: %s", self.load_error)
+            return
+        try:
+            backend.warmup(1)
+            self.info, self.backend_name, self.precision = backend.info, backend.name, backend.precision
+            with self._lock:
+                self._counts.defects = {c: 0 for c in self.info.classes}
+            if self.on_model_loaded:
+                self.on_model_loaded(backend)
+            pre = Preprocessor(backend.info, self.fit, self.overlap)
+            self.ready.set()
+            while not self._stop.is_set():
+                frame = self.capture.take(timeout=0.2)
+                if frame is None:
+                    continue
+                try:
+                    result = self._process(frame, backend, pre)
+                except Exception:
+                    log.exception("frame %d failed; dropped", frame.seq)
+                    with self._lock:
+                        self._counts.errors += 1
+                    continue
+                self._record(result)
+                for sink in self.sinks:
+                    try:
+                        sink(result)
+                    except Exception:
+                        log.exception("sink %r failed on frame %d", sink, frame.seq)
+        except Exception as e:
+            self.load_error = f"warm-up failed: {e}"
+            log.exception("inference thread stopped")
+        finally:
+            self.ready.clear()
+            backend.close()
+
+    def _process(self, frame: Frame, backend: Backend, pre: Preprocessor) -> FrameResult:
+        info = backend.info
+        t0 = time.perf_counter()
+        batch, plan = pre.to_batch(frame.image)
+        t1 = time.perf_counter()
+        # All tiles of a frame go through the model together, in chunks the backend accepts.
+        step = max(1, backend.max_batch)
+        parts = [backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
+        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        t2 = time.perf_counter()
+        full = pre.stitch(logits, plan)
+        masks = masks_from_logits(full, info.thresholds, info.min_areas)
+        defects = find_defects(full, info, frame.capture_time)
+        pixels = float(masks.shape[1] * masks.shape[2])
+        share = tuple(float(np.count_nonzero(m)) / pixels for m in masks)
+        t3 = time.perf_counter()
+        return FrameResult(
+            seq=frame.seq, capture_time=frame.capture_time, image=frame.image, masks=masks,
+            defects=defects, stage_s={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
+            latency_s=time.monotonic() - frame.capture_mono, area_share=share, tiles=plan.num_tiles,
+        )
+
+    def _record(self, result: FrameResult) -> None:
+        with self._lock:
+            c = self._counts
+            c.processed += 1
+            for d in result.defects:
+                c.defects[d.class_name] = c.defects.get(d.class_name, 0) + 1
+            self._done_times.append(time.monotonic())
+            if len(self._done_times) > 256:
+                del self._done_times[:128]
