@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import NoReturn, Optional
 
 import typer
 
@@ -24,6 +27,97 @@ app = typer.Typer(
 def version() -> None:
     """Print the inspect-edge version."""
     typer.echo(__version__)
+
+
+class _Backend(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+
+
+class _Fit(str, Enum):
+    tile = "tile"
+    resize = "resize"
+
+
+@app.command()
+def run(
+    source: str = typer.Option("synthetic", "--source", "-s",
+                               help="Video file, rtsp/http URL, image folder or glob, or 'synthetic'."),
+    camera: Optional[int] = typer.Option(None, "--camera", help="USB/V4L2 camera index (overrides --source)."),
+    loop: bool = typer.Option(False, "--loop", help="Restart video files and image folders at their end."),
+    realtime: bool = typer.Option(True, "--realtime/--as-fast-as-possible",
+                                  help="Play files at their own frame rate, as a camera would."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of folders and the synthetic strip."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m",
+                                         help="Model file (.onnx or TensorRT .engine); default: the built-in model."),
+    backend: _Backend = typer.Option(_Backend.auto, "--backend", help="Inference backend; auto picks by file type."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU inference threads."),
+    fit: _Fit = typer.Option(_Fit.tile, "--fit", help="tile: native resolution, tiled; resize: squeeze to the model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 exposes the service."),
+    port: int = typer.Option(8000, "--port", "-p"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/service/<UTC timestamp>)."),
+    evidence_interval: float = typer.Option(2.0, "--evidence-interval", help="Seconds between evidence sets."),
+    evidence_quota_mb: float = typer.Option(500.0, "--evidence-quota-mb", help="Disk quota for evidence."),
+    no_evidence: bool = typer.Option(False, "--no-evidence", help="Log events without saving images."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="URL to POST defect events to."),
+    webhook_cooldown: float = typer.Option(30.0, "--webhook-cooldown", help="Seconds between webhook calls."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Serve live inspection: camera -> model -> live page, /metrics, defect events."""
+    import logging
+    import signal
+
+    from pydantic import ValidationError
+
+    from inspect_edge.config import (EventsConfig, ModelConfig, ServerConfig, ServiceConfig,
+                                     SourceConfig)
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = ServiceConfig(
+            source=SourceConfig(spec=str(camera) if camera is not None else source, loop=loop,
+                                realtime=realtime, fps=fps),
+            model=ModelConfig(path=model, backend=backend.value, threads=threads, fit=fit.value),
+            events=EventsConfig(evidence=not no_evidence, evidence_min_interval_s=evidence_interval,
+                                evidence_quota_mb=evidence_quota_mb, webhook_url=webhook,
+                                webhook_cooldown_s=webhook_cooldown),
+            server=ServerConfig(host=host, port=port),
+            out=out,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        _fail(f"invalid option {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+    model_path = cfg.model.resolved_path()
+    if not model_path.is_file():
+        if model is None:
+            _fail(f"no built-in model at {model_path}; pass --model PATH.onnx, or train and export one "
+                  "(`train fit ...` then `inspect-edge export onnx ...`) and copy it there")
+        _fail(f"{model_path}: no such model file")
+    cfg = cfg.model_copy(update={"out": cfg.run_dir()})  # one timestamp for the whole run
+
+    from inspect_edge.server.app import InspectionServer, create_app
+
+    try:
+        app_ = create_app(cfg)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(f"inspect-edge: serving {cfg.source.spec} on http://{host}:{port}  (run folder {cfg.out})")
+    server = InspectionServer(app_, host, port)
+    # uvicorn re-raises the stop signal after its clean shutdown; with this handler
+    # installed first, SIGTERM then ends the process with status 0 like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        _fail(f"could not serve on {host}:{port} (port in use, or the model failed; see the log above)")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"inspect-edge: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _mount_plugins() -> None:

@@ -1,0 +1,140 @@
+"""What the live page shows: the newest annotated frame, rolling numbers, recent defects.
+
+A sink of the pipeline. The annotated JPEG is rendered on demand and cached by
+frame number, so each frame is encoded at most once however many viewers
+watch (and not at all when nobody does).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from inspect_edge.events import iso
+from inspect_edge.overlay import class_color_rgb, encode_jpeg, render_overlay
+from inspect_edge.pipeline import STAGES, FrameResult
+
+
+@dataclass
+class RecentDefect:
+    id: int
+    info: dict
+    crop: np.ndarray       # uint8 gray around the defect
+    crop_mask: np.ndarray  # bool, same shape: this defect's class mask in the crop
+    class_index: int
+
+
+class LiveView:
+    def __init__(self, jpeg_quality: int = 80, recent_window_s: float = 300.0,
+                 recent_interval_s: float = 1.0, keep_recent: int = 100) -> None:
+        self.jpeg_quality = jpeg_quality
+        self.recent_window_s = recent_window_s
+        self.recent_interval_s = recent_interval_s
+        self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
+        self._latest: FrameResult | None = None
+        self._jpeg: tuple[int, bytes] | None = None
+        self.encodes = 0                                    # how many frames were JPEG-encoded
+        self._latency = deque(maxlen=300)
+        self._stages = {s: deque(maxlen=300) for s in STAGES}
+        self._window: deque[tuple[float, str]] = deque()   # (monotonic, class) within the window
+        self._recent: deque[RecentDefect] = deque(maxlen=keep_recent)
+        self._last_recent: dict[str, float] = {}
+        self._next_id = 1
+
+    # ---- pipeline sink -----------------------------------------------------
+    def __call__(self, result: FrameResult) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._latest = result
+            self._latency.append(result.latency_s)
+            for s in STAGES:
+                self._stages[s].append(result.stage_s[s])
+            for d in result.defects:
+                self._window.append((now, d.class_name))
+            while self._window and now - self._window[0][0] > self.recent_window_s:
+                self._window.popleft()
+            # The strip moves, so one defect is seen in many frames: keep at most one
+            # entry per class per interval (its largest instance) for the list.
+            largest: dict[str, object] = {}
+            for d in result.defects:
+                if d.area_px > getattr(largest.get(d.class_name), "area_px", -1):
+                    largest[d.class_name] = d
+            for name, d in largest.items():
+                if now - self._last_recent.get(name, -1e18) < self.recent_interval_s:
+                    continue
+                self._last_recent[name] = now
+                self._recent.append(self._make_recent(result, d))
+
+    def _make_recent(self, result: FrameResult, d) -> RecentDefect:
+        x, y, w, h = d.bbox
+        m = 16
+        H, W = result.image.shape
+        x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
+        info = d.to_dict()
+        info.update(id=self._next_id, seq=result.seq, iso_time=iso(d.frame_time),
+                    thumbnail=f"/api/defects/{self._next_id}/thumb.jpg")
+        rd = RecentDefect(self._next_id, info, result.image[y0:y1, x0:x1].copy(),
+                          result.masks[d.class_index, y0:y1, x0:x1].copy(), d.class_index)
+        self._next_id += 1
+        return rd
+
+    # ---- readers (HTTP handlers) -------------------------------------------
+    @property
+    def latest(self) -> FrameResult | None:
+        return self._latest
+
+    def latest_jpeg(self) -> tuple[int, bytes] | None:
+        """(frame seq, JPEG of the annotated frame), encoded once per frame."""
+        result = self._latest
+        if result is None:
+            return None
+        with self._encode_lock:
+            if self._jpeg is None or self._jpeg[0] != result.seq:
+                img = render_overlay(result.image, result.masks, result.defects)
+                self._jpeg = (result.seq, encode_jpeg(img, self.jpeg_quality))
+                self.encodes += 1
+            return self._jpeg
+
+    def recent(self, limit: int) -> list[dict]:
+        with self._lock:
+            items = list(self._recent)[-limit:] if limit > 0 else []
+        return [r.info for r in reversed(items)]
+
+    def thumbnail(self, defect_id: int) -> bytes | None:
+        with self._lock:
+            found = next((r for r in self._recent if r.id == defect_id), None)
+        if found is None:
+            return None
+        img = cv2.cvtColor(found.crop, cv2.COLOR_GRAY2BGR)
+        r, g, b = class_color_rgb(found.class_index)
+        tint = np.array((b, g, r), np.float32)
+        img[found.crop_mask] = (img[found.crop_mask] * 0.55 + tint * 0.45).astype(np.uint8)
+        scale = 160 / max(img.shape[:2])
+        if scale > 1.0:  # small defects get enlarged so the thumbnail is readable
+            img = cv2.resize(img, None, fx=min(scale, 4.0), fy=min(scale, 4.0), interpolation=cv2.INTER_NEAREST)
+        return encode_jpeg(img, 85)
+
+    def window_counts(self) -> dict[str, int]:
+        now = time.monotonic()
+        counts: dict[str, int] = {}
+        with self._lock:
+            for t, name in self._window:
+                if now - t <= self.recent_window_s:
+                    counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def timing_summary(self) -> dict:
+        with self._lock:
+            lat = np.array(self._latency, np.float64)
+            stages = {s: float(np.mean(v)) * 1000 if v else None for s, v in self._stages.items()}
+        if lat.size == 0:
+            return {"latency_ms": {"last": None, "p50": None, "p95": None}, "stage_ms": stages}
+        return {"latency_ms": {"last": float(lat[-1]) * 1000, "p50": float(np.percentile(lat, 50)) * 1000,
+                               "p95": float(np.percentile(lat, 95)) * 1000},
+                "stage_ms": stages}

@@ -1,0 +1,142 @@
+"""One inspection service: source, capture thread, inference thread, sinks, and their numbers.
+
+The capture thread starts only once the model is loaded and warmed up, so a
+slow model load (a TensorRT engine build) does not throw away the first
+seconds of a video file as stale frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from inspect_edge.backends.base import Backend
+from inspect_edge.config import ServiceConfig
+from inspect_edge.events import EventRecorder
+from inspect_edge.metrics import ServiceMetrics
+from inspect_edge.overlay import class_color_hex
+from inspect_edge.pipeline import FrameResult, InspectionPipeline
+from inspect_edge.server.live import LiveView
+from inspect_edge.sources import LatestFrameCapture, open_source
+
+log = logging.getLogger(__name__)
+
+
+def default_backend_factory(cfg: ServiceConfig) -> Callable[[], Backend]:
+    def factory() -> Backend:
+        from inspect_edge.backends import open_backend
+
+        return open_backend(cfg.model.resolved_path(), cfg.model.backend, cfg.model.threads)
+
+    return factory
+
+
+class InspectionService:
+    def __init__(self, cfg: ServiceConfig, run_dir: Path,
+                 backend_factory: Callable[[], Backend] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        s = cfg.source
+        self.source = open_source(s.spec, loop=s.loop, realtime=s.realtime, fps=s.fps,
+                                  open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s)
+        self.capture = LatestFrameCapture(self.source, backoff_initial_s=s.reconnect_initial_s,
+                                          backoff_max_s=s.reconnect_max_s)
+        self.metrics = ServiceMetrics()
+        self.events = EventRecorder(self.run_dir, cfg.events)
+        sv = cfg.server
+        self.live = LiveView(sv.jpeg_quality, sv.recent_window_s, sv.recent_interval_s)
+        self.pipeline = InspectionPipeline(
+            self.capture, backend_factory or default_backend_factory(cfg),
+            fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
+            sinks=[self._observe, self.live, self.events], on_model_loaded=self._model_loaded)
+        self.metrics.bind(self.capture, self.pipeline, self.events)
+        self.stopping = threading.Event()   # streaming responses end when this is set
+        self.started_at = time.monotonic()
+        self._stopped = False
+
+    # ---- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.events.start()
+        self.pipeline.start()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.stopping.set()
+        self.capture.stop(timeout=2.0)
+        self.pipeline.stop(timeout=2.0)
+        self.events.stop(timeout=2.0)
+        try:
+            (self.run_dir / "summary.json").write_text(json.dumps(self.stats(), indent=2) + "\n")
+        except OSError as e:
+            log.error("cannot write the run summary: %s", e)
+
+    def threads_alive(self) -> list[str]:
+        parts = {"capture": self.capture.running, "inference": self.pipeline.running,
+                 "events": self.events.running}
+        return [name for name, alive in parts.items() if alive]
+
+    # ---- sinks and callbacks (inference thread) ----------------------------
+    def _model_loaded(self, backend: Backend) -> None:
+        info = backend.info
+        self.metrics.set_model(info.model_version, backend.name, backend.precision)
+        log.info("model %s %s on %s (%s); input %dx%d; classes %s", info.arch, info.model_version,
+                 backend.name, backend.precision, info.input_height, info.input_width, list(info.classes))
+        if not self.stopping.is_set():
+            self.capture.start()
+
+    def _observe(self, result: FrameResult) -> None:
+        self.metrics.observe(result, self.pipeline.info.classes)
+
+    # ---- what the endpoints report -----------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        if self.pipeline.load_error:
+            return False, f"model not loaded: {self.pipeline.load_error}"
+        if not self.pipeline.ready.is_set():
+            return False, "model loading"
+        cap = self.capture.counts()
+        if cap.finished:
+            return False, f"source ended ({self.source.spec})"
+        if not cap.up:
+            return False, f"source down: {cap.last_error or 'connecting'}"
+        age = time.monotonic() - cap.last_frame_mono if cap.last_frame_mono else None
+        if age is None or age > self.cfg.server.ready_stale_s:
+            return False, "source connected but no recent frame"
+        return True, "ok"
+
+    def stats(self) -> dict:
+        cap, pipe, info = self.capture.counts(), self.pipeline.counts(), self.pipeline.info
+        dropped = dict(cap.dropped)
+        dropped["error"] = dropped.get("error", 0) + pipe.errors
+        ready, reason = self.readiness()
+        window = self.live.window_counts()
+        classes = list(info.classes) if info else []
+        latest = self.live.latest
+        return {
+            "ready": ready, "ready_reason": reason,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "model": None if info is None else {
+                "version": info.model_version, "arch": info.arch, "backend": self.pipeline.backend_name,
+                "precision": self.pipeline.precision, "input": [info.input_height, info.input_width],
+                "classes": [{"name": c, "color": class_color_hex(k)} for k, c in enumerate(classes)]},
+            "source": {"spec": self.source.spec, "kind": self.source.kind, "up": cap.up,
+                       "finished": cap.finished, "reconnects": cap.reconnects, "last_error": cap.last_error},
+            "frames": {"captured": cap.captured, "processed": pipe.processed, "dropped": dropped},
+            "fps": {"capture": round(self.capture.capture_fps(), 2),
+                    "processed": round(self.pipeline.processed_fps(), 2)},
+            **self.live.timing_summary(),
+            "defects": {"total": pipe.defects,
+                        "window_s": self.cfg.server.recent_window_s,
+                        "in_window": {c: window.get(c, 0) for c in classes}},
+            "last_frame": None if latest is None else {
+                "seq": latest.seq, "time": latest.capture_time, "defects": len(latest.defects),
+                "shape": list(latest.image.shape), "tiles": latest.tiles},
+            "events": self.events.counts(),
+        }
