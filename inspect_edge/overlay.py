@@ -48,7 +48,8 @@ def render_overlay(gray: np.ndarray, masks: np.ndarray, defects: list[Defect], a
         cv2.rectangle(img, (x - 2, y - 2), (x + w + 1, y + h + 1), _bgr(d.class_index), 2)
         if labels:
             text = f"{d.class_name} {d.peak_prob:.2f}"
-            ty = y - 6 if y >= 14 else y + h + 14
+            # Stacked by class, so labels of overlapping classes stay readable.
+            ty = y - 6 - 14 * d.class_index if y >= 14 * (d.class_index + 1) else y + h + 14 * (d.class_index + 1)
             cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _bgr(d.class_index), 1, cv2.LINE_AA)
     return img
