@@ -171,7 +171,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
     dropped_total = sum(dropped.values())
 
     done = np.array([r[0] for r in records])
-    fps = (len(done) - 1) / (done[-1] - done[0]) if len(done) >= 2 else 0.0
+    fps = float((len(done) - 1) / (done[-1] - done[0])) if len(done) >= 2 else 0.0
     stage = {k: [r[1][k] for r in records] for k in ("preprocess", "inference", "postprocess")}
     latency = np.array([r[2] for r in records])
     start_age = latency - np.array([sum(r[1].values()) for r in records]) if len(records) else latency
@@ -192,7 +192,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
         "source_fps_target": source_fps,
         "source_fps_achieved": cap.captured / cfg.seconds,
         "pipeline_fps": fps,
-        "ratio_pipeline_to_engine": fps / engine.fps if engine.fps else 0.0,
+        "ratio_pipeline_to_engine": float(fps / engine.fps) if engine.fps else 0.0,
         # Mean milliseconds per processed frame, on the inference thread unless noted.
         "per_frame_ms": {
             **per_frame,
@@ -218,7 +218,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
         "frames": {"captured": cap.captured, "processed": pipe.processed, "dropped": dropped,
                    "dropped_total": dropped_total,
                    "captured_minus_processed": cap.captured - pipe.processed,
-                   "drop_identity_holds": dropped_total == cap.captured - pipe.processed},
+                   "drop_identity_holds": bool(dropped_total == cap.captured - pipe.processed)},
     }
     f = result["freshness"]
     log(f"  pipeline: {fps:.1f} frames/s = {result['ratio_pipeline_to_engine']:.2f} x engine; "

@@ -41,6 +41,13 @@ def _fps(engine: list[dict], model: str, contender: str, best: bool) -> dict | N
 
 def evaluate_targets(record: dict) -> list[dict]:
     """One line per target: what was measured and whether it was met (None: not measured)."""
+    out = _evaluate(record)
+    for t in out:   # numpy booleans would reach the JSON as strings
+        t["met"] = None if t["met"] is None else bool(t["met"])
+    return out
+
+
+def _evaluate(record: dict) -> list[dict]:
     out = []
     engine = record.get("engine", [])
     for m in record.get("models", []):
