@@ -127,10 +127,14 @@ def test_dashboards_and_rules_on_a_real_prometheus(stack):
         return missing
 
     deadline = t0 + VIDEO_S - 2   # before the video ends
-    while (missing := still_empty()) or processed_fps() <= 12:
+    needed = float(prom.query("inspect_edge:line_required_fps")[0]["value"][1])
+    while (missing := still_empty()) or processed_fps() <= needed:
         assert time.monotonic() < deadline, (
             f"while the line runs, queries without data: {missing}; processed {processed_fps():.1f} frames/s")
         time.sleep(1.0)
+    # Alerts pending from the first scrapes (rates under-read) clear within a few evaluations.
+    quiet = ("InspectEdgeCameraDown", "InspectEdgeServiceDown", "InspectEdgeProcessingTooSlow")
+    wait_until(lambda: not set(quiet) & set(prom.alerts()), 5, f"{quiet} inactive while the line runs")
     steady = {
         "panels": [(p, prom.query(p["query"])) for p in panels],
         "recordings": [(r, prom.query(r["expr"])) for r in recordings],
@@ -144,10 +148,11 @@ def test_dashboards_and_rules_on_a_real_prometheus(stack):
     broken = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] == "err"]
     assert not broken, f"rules failing to evaluate: {broken}"
     assert len([r for g in groups for r in g["rules"]]) == len(all_rules)
-    for name in ("InspectEdgeCameraDown", "InspectEdgeServiceDown", "InspectEdgeProcessingTooSlow"):
+    for name in quiet:
         assert name not in steady["states"], f"{name} is {steady['states'][name]} while the line runs normally"
     processed = processed_fps()
-    assert 12 < processed < 35, f"processed {processed} frames/s from a 25 frames/s video"
+    captured = float(prom.query("instance:inspect_edge_frames_captured:rate1m")[0]["value"][1])
+    assert needed < processed < 30 and abs(processed - captured) < 0.2 * captured, (processed, captured)
 
     # The video ends: the camera is down; the alert must go pending, then fire.
     wait_until(lambda: svc.get("/api/stats").json()["source"]["finished"], VIDEO_S + 10, "end of the video")
