@@ -85,6 +85,7 @@ def register(app: typer.Typer) -> None:
         gan_time_budget_min: Optional[float] = typer.Option(None, "--gan-time-budget-min"),
         gan_crop: int = typer.Option(128, "--gan-crop"),
         gan_batch_size: int = typer.Option(8, "--gan-batch-size"),
+        gan_base: int = typer.Option(16, "--gan-base", help="Generator width (smaller trains faster on a CPU)."),
         gan_eval_pairs: int = typer.Option(64, "--gan-eval-pairs", help="Held-out real defects for gan_metrics.json."),
         fit_epochs: int = typer.Option(30, "--fit-epochs", help="Segmenter epochs per arm (cut to the budget)."),
         fit_time_budget_min: Optional[float] = typer.Option(None, "--fit-time-budget-min", help="Segmenter training minutes per arm."),
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
             cfg = AugmentConfig(
                 data=str(data), out=str(out), generator=str(generator) if generator else None, count=count,
                 labelled_fraction=labelled_fraction, seed=seed, ablation=ablation, size=size, gan_steps=gan_steps,
-                gan_time_budget_min=gan_time_budget_min, gan_crop=gan_crop, gan_batch_size=gan_batch_size,
+                gan_time_budget_min=gan_time_budget_min, gan_crop=gan_crop, gan_batch_size=gan_batch_size, gan_base=gan_base,
                 gan_eval_pairs=gan_eval_pairs,
                 fit_epochs=fit_epochs, fit_time_budget_min=fit_time_budget_min, fit_batch_size=fit_batch_size,
                 crop_width=crop_width, crop_height=crop_height, max_defects_per_image=max_defects_per_image,

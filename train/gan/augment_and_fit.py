@@ -43,6 +43,7 @@ class AugmentConfig:
     gan_time_budget_min: float | None = None
     gan_crop: int = 128
     gan_batch_size: int = 8
+    gan_base: int = 16
     gan_eval_pairs: int = 64
     fit_epochs: int = 30
     fit_time_budget_min: float | None = None
@@ -152,7 +153,7 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     else:
         gen_run = out / "gan"
         gan_metrics = fit_gan(GanConfig(
-            data=cfg.data, out=str(gen_run), crop=cfg.gan_crop, batch_size=cfg.gan_batch_size, steps=cfg.gan_steps,
+            data=cfg.data, out=str(gen_run), crop=cfg.gan_crop, batch_size=cfg.gan_batch_size, base=cfg.gan_base, steps=cfg.gan_steps,
             time_budget_min=cfg.gan_time_budget_min, eval_pairs=cfg.gan_eval_pairs, seed=cfg.seed, labelled_fraction=cfg.labelled_fraction,
             threads=cfg.threads, device=cfg.device,
         ), console)

@@ -44,7 +44,7 @@ class GanConfig:
     fm_weight: float = 5.0
     adv_weight: float = 1.0
     r1_gamma: float = 1.0
-    r1_every: int = 4  # lazy regularisation: the penalty every N discriminator steps, scaled by N
+    r1_every: int = 8  # lazy regularisation: the penalty every N discriminator steps, scaled by N
     ema_decay: float = 0.999
     defect_share: float = 0.7
     seed: int = 0
@@ -248,7 +248,8 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
             disc.requires_grad_(True)
             raw = gen(real * (1 - hole), hole, cmap)
             fake = composite(raw, real, hole)
-            d_real, _ = disc(real, hole, cmap)
+            d_real, feats_real = disc(real, hole, cmap)
+            feats_real = [f.detach() for f in feats_real]  # reused for feature matching: one D pass fewer
             d_fake, _ = disc(fake.detach(), hole, cmap)
             loss_d = d_adversarial(d_real, d_fake)
             r1 = torch.zeros((), device=device)
@@ -263,8 +264,6 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
             # Generator step (discriminator frozen).
             disc.requires_grad_(False)
             d_fake, feats_fake = disc(fake, hole, cmap)
-            with torch.no_grad():
-                _, feats_real = disc(real, hole, cmap)
             adv = g_adversarial(d_fake)
             l1 = masked_l1(raw, real, hole)
             fm = feature_matching(feats_fake, feats_real)
