@@ -87,7 +87,7 @@ def test_pipeline_bench_drop_identity(tiny):
 
 
 def test_run_bench_writes_json_and_markdown(tiny, tmp_path):
-    cfg = BenchConfig(out=tmp_path / "run", models=[tiny], batches=[1, 2], threads=1, budget=FAST,
+    cfg = BenchConfig(out=tmp_path / "run", models=[tiny], batches=[1, 2], threads=[1], budget=FAST,
                       agreement_images=2, plugins=False, pipeline_cfg=FAST_PIPE, frame_height=64,
                       frame_width=300, command="inspect-edge bench --model tiny.onnx")
     record = run_bench(cfg, log=lambda s: None)
@@ -95,7 +95,7 @@ def test_run_bench_writes_json_and_markdown(tiny, tmp_path):
     assert on_disk["schema"] == "inspect-edge.bench/1"
     assert {"machine", "config", "models", "engine", "agreement", "pipeline", "targets", "skipped"} <= set(on_disk)
     assert on_disk["machine"]["cores"] >= 1 and "onnxruntime" in on_disk["machine"]["versions"]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["threads"] == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["threads"] == [1]
     assert on_disk["pipeline"]["frames"]["drop_identity_holds"]
     targets = {t["target"]: t for t in record["targets"]}
     assert targets["dropped == captured - processed"]["met"] is True
@@ -111,8 +111,8 @@ def test_run_bench_writes_json_and_markdown(tiny, tmp_path):
 
 def test_targets_flag_a_miss():
     record = {"models": [{"label": "m"}], "engine": [
-        {"model": "m", "contender": "onnxruntime-cpu", "batch": 1, "fps": 10.0, "device": "cpu"},
-        {"model": "m", "contender": "pytorch-eager-cpu", "batch": 1, "fps": 8.0, "device": "cpu"}]}
+        {"model": "m", "contender": "onnxruntime-cpu", "batch": 1, "fps": 10.0, "device": "cpu", "threads": 2},
+        {"model": "m", "contender": "pytorch-eager-cpu", "batch": 1, "fps": 8.0, "device": "cpu", "threads": 2}]}
     t = evaluate_targets(record)
     assert t[0]["met"] is False and t[0]["measured"].startswith("1.25x")
 

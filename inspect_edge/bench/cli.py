@@ -37,7 +37,8 @@ def bench(
                                         "(e.g. nano,small,base; needs torch). Default when no --model."),
     input_size: str = typer.Option("256x512", "--input", help="Model input HxW for --sizes."),
     batches: str = typer.Option("1,2,4", "--batches", help="Batch sizes to time; the best is reported."),
-    threads: int = typer.Option(os.cpu_count() or 1, "--threads", min=1, help="CPU threads per engine."),
+    threads: str = typer.Option(",".join(map(str, sorted({1, os.cpu_count() or 1}))), "--threads",
+                                help="CPU thread counts to time each CPU engine with; the pipeline uses the largest."),
     seconds: float = typer.Option(3.0, "--seconds", help="Timing budget per model and batch (all contenders)."),
     min_iters: int = typer.Option(5, "--min-iters", min=1, help="Timed calls per contender at least."),
     warmup: int = typer.Option(2, "--warmup", min=1, help="Untimed calls per contender first."),
@@ -67,7 +68,7 @@ def bench(
     out = out or Path("runs/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     cfg = BenchConfig(
         out=out, models=models, sizes=size_list, input_height=ih, input_width=iw,
-        batches=_ints(batches, "--batches"), threads=threads,
+        batches=_ints(batches, "--batches"), threads=_ints(threads, "--threads"),
         budget=TimingBudget(warmup=warmup, seconds_per_cell=seconds, min_iters=min_iters),
         tensorrt=tensorrt, plugins=plugins, pipeline=pipeline, pipeline_model=pipeline_model,
         pipeline_cfg=PipelineBenchConfig(seconds=pipeline_seconds, rate_factor=rate_factor),

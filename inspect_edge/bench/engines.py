@@ -56,10 +56,10 @@ def time_model(model: BenchModel, contenders: Sequence[Contender], batches: Sequ
             s = summarize(samples[c.name], b)
             rows.append({"model": model.label, "contender": c.name, "device": c.device,
                          "precision": c.precision, "threads": c.threads, **s.to_dict()})
-            log(f"  {model.label:<8} {c.name:<22} batch {b:>2}: median {s.median_ms:8.1f} ms  "
+            log(f"  {model.label:<8} {c.name:<20} threads {c.threads or '-'} batch {b:>2}: median {s.median_ms:8.1f} ms  "
                 f"p99 {s.p99_ms:8.1f} ms  {s.fps:7.1f} frames/s  (n={s.n})")
-    for name in {r["contender"] for r in rows}:
-        mine = [r for r in rows if r["contender"] == name]
+    for key in {(r["contender"], r["threads"]) for r in rows}:
+        mine = [r for r in rows if (r["contender"], r["threads"]) == key]
         best = max(mine, key=lambda r: r["fps"])
         for r in mine:
             r["best_batch"] = r is best

@@ -32,8 +32,8 @@ def machine_info() -> dict:
             "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
-def _fps(engine: list[dict], model: str, contender: str, best: bool) -> dict | None:
-    rows = [r for r in engine if r["model"] == model and r["contender"] == contender]
+def _fps(engine: list[dict], model: str, contender: str, best: bool, threads: int | None) -> dict | None:
+    rows = [r for r in engine if r["model"] == model and r["contender"] == contender and r["threads"] == threads]
     if not rows:
         return None
     return max(rows, key=lambda r: r["fps"]) if best else next((r for r in rows if r["batch"] == 1), None)
@@ -50,11 +50,12 @@ def evaluate_targets(record: dict) -> list[dict]:
 def _evaluate(record: dict) -> list[dict]:
     out = []
     engine = record.get("engine", [])
+    thread_counts = sorted({r["threads"] for r in engine if r["contender"] == "onnxruntime-cpu"}) or [None]
     for m in record.get("models", []):
-        for best in (False, True):
-            ort = _fps(engine, m["label"], "onnxruntime-cpu", best)
-            pt = _fps(engine, m["label"], "pytorch-eager-cpu", best)
-            where = "best batch" if best else "batch 1"
+        for threads, best in ((t, b) for t in thread_counts for b in (False, True)):
+            ort = _fps(engine, m["label"], "onnxruntime-cpu", best, threads)
+            pt = _fps(engine, m["label"], "pytorch-eager-cpu", best, threads)
+            where = f"{threads} thread(s), " + ("best batch" if best else "batch 1")
             if ort and pt:
                 ratio = ort["fps"] / pt["fps"]
                 out.append({"target": f"{m['label']}: ONNX Runtime >= 1.5x PyTorch eager (CPU, {where})",
@@ -111,8 +112,9 @@ def to_markdown(record: dict) -> str:
              f"- Machine: {m['cpu']}, {m['cores']} CPU core(s), {m['platform']}, Python {m['python']}",
              f"- Load average (1/5/15 min) before: {m['load_avg_1_5_15']}, after: {record.get('load_after')}",
              f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}",
-             f"- Threads: {cfg['threads']} intra-op thread(s) for ONNX Runtime and PyTorch "
-             "(ONNX Runtime: 1 inter-op thread, spinning off)",
+             f"- Threads: each CPU contender timed with {cfg['threads']} intra-op thread(s) "
+             "(ONNX Runtime: 1 inter-op thread, spinning off; PyTorch: torch.set_num_threads); "
+             f"pipeline run with {record['pipeline']['threads'] if record.get('pipeline') else '-'}",
              f"- Command: `{record['command']}`", ""]
     lines += ["### Models", "", "| model | input | origin | weights | file |", "|---|---|---|---|---|"]
     for mod in record["models"]:

@@ -31,7 +31,8 @@ class BenchConfig:
     input_height: int = 256
     input_width: int = 512
     batches: list[int] = field(default_factory=lambda: [1, 2, 4])
-    threads: int = os.cpu_count() or 1
+    threads: list[int] = field(default_factory=lambda: sorted({1, os.cpu_count() or 1}))
+    pipeline_threads: int | None = None                # default: the largest of `threads`
     budget: TimingBudget = TimingBudget()
     agreement_images: int = 8
     tensorrt: bool = True
@@ -91,28 +92,32 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             raise BenchError(f"--model {p}: no such file or folder")
         models.append(plugins[0].model_from_weights(p, cfg.out / "models") if p in weights else _onnx_model(p))
 
+    if not cfg.threads or any(t < 1 for t in cfg.threads):
+        raise BenchError(f"--threads: positive integers, got {cfg.threads}")
     engine_rows, agreement = [], []
     for m in models:
-        log(f"timing {m.label} ({m.origin}, input {m.info.input_height}x{m.info.input_width}, "
-            f"{'random' if m.random_weights else 'trained'} weights), threads {cfg.threads}")
-        contenders, why = builtin_contenders(m, cfg.threads, tensorrt=cfg.tensorrt)
-        skipped += [f"{m.label}: {w}" for w in why]
-        for plugin in plugins:
-            more, why = plugin.contenders(m, cfg.threads)
-            contenders += more
+        for i, threads in enumerate(cfg.threads):
+            log(f"timing {m.label} ({m.origin}, input {m.info.input_height}x{m.info.input_width}, "
+                f"{'random' if m.random_weights else 'trained'} weights), {threads} CPU thread(s)")
+            # GPU contenders do not depend on CPU threads: timed with the first count only.
+            contenders, why = builtin_contenders(m, threads, tensorrt=cfg.tensorrt and i == 0)
             skipped += [f"{m.label}: {w}" for w in why]
-        try:
-            engine_rows += time_model(m, contenders, cfg.batches, cfg.budget, log)
-            ref = next((c for c in contenders if c.name == "pytorch-eager-cpu"), contenders[0])
-            others = [c for c in contenders if c is not ref]
-            if others:
-                agreement += mask_agreement(m, ref, others, cfg.agreement_images)
-                for a in agreement[-len(others):]:
-                    log(f"  agreement {a['reference']} vs {a['candidate']}: min Dice {a['min_dice']:.5f}, "
-                        f"max |logit diff| {a['max_abs_logit_diff']:.2e}")
-        finally:
-            for c in contenders:
-                c.close()
+            for plugin in plugins:
+                more, why = plugin.contenders(m, threads)
+                contenders += [c for c in more if c.device == "cpu" or i == 0]
+                skipped += [f"{m.label}: {w}" for w in why if i == 0]
+            try:
+                engine_rows += time_model(m, contenders, cfg.batches, cfg.budget, log)
+                ref = next((c for c in contenders if c.name == "pytorch-eager-cpu"), contenders[0])
+                others = [c for c in contenders if c is not ref]
+                if others and i == 0:
+                    agreement += mask_agreement(m, ref, others, cfg.agreement_images)
+                    for a in agreement[-len(others):]:
+                        log(f"  agreement {a['reference']} vs {a['candidate']}: min Dice {a['min_dice']:.5f}, "
+                            f"max |logit diff| {a['max_abs_logit_diff']:.2e}")
+            finally:
+                for c in contenders:
+                    c.close()
 
     pipeline = None
     if cfg.pipeline:
@@ -121,7 +126,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             raise BenchError(f"--pipeline-model {cfg.pipeline_model!r}: not one of {[m.label for m in models]}")
         log(f"pipeline vs engine alone on {chosen.label}, frames {cfg.frame_height}x{cfg.frame_width}")
         frames = strip_frames(cfg.frame_height, cfg.frame_width)
-        pipeline = run_pipeline_bench(chosen.onnx, frames, cfg.threads, cfg.pipeline_cfg, log)
+        pipeline = run_pipeline_bench(chosen.onnx, frames, cfg.pipeline_threads or max(cfg.threads),
+                                      cfg.pipeline_cfg, log)
         pipeline["model_label"] = chosen.label
 
     record = {
