@@ -60,6 +60,11 @@ def test_ablation_writes_every_output(ablation_run):
     assert gm == report["gan_metrics"] and gm["pairs"] == 6
     assert all(math.isfinite(gm[p]["masked_l1"]) for p in ("gan", "telea"))
     assert (out / "gan" / "generator.pt").is_file() and list((out / "gan" / "samples").glob("*.png"))
+    sq = report["quality_segmenter_features"]
+    assert "segmenter encoder" in sq["feature_net"] and sq["pairs"] == 6
+    for method in ("gan", "copy-paste"):
+        assert sq["realism"][method]["crops"] >= 4 and math.isfinite(sq["realism"][method]["frechet_distance"])
+    assert "Synthetic defects vs" in md
 
 
 def test_arms_share_real_labels_and_held_out_images(ablation_run):

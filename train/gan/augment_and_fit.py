@@ -199,7 +199,20 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
         }
         console.print(f"arm {arm}: competition Dice {ev['competition_dice']:.4f} on {ev['n_images']} held-out images")
 
-    # 4. Pictures and report.
+    # 4. Realism measured with the features of a segmenter trained here (it knows what defects
+    # look like): the generator on held-out holes, and each method's synthetic defect crops.
+    from train.gan.fit_gan import load_held_out_pairs, paint
+    from train.gan.quality import FeatureNet, measure, realism
+
+    feature_run = out / "runs" / arms[0].replace("+", "_")
+    features = FeatureNet("segmenter", str(feature_run))
+    eval_pairs = load_held_out_pairs(held_ds, len(classes), int(meta["crop"]), cfg.seed, cfg.gan_eval_pairs)
+    seg_quality = None
+    if eval_pairs:
+        seg_quality = measure(eval_pairs, paint(generator, eval_pairs, len(classes)), features)
+        seg_quality["realism"] = realism(eval_pairs, {methods[a]: synth[a] for a in methods}, features)
+
+    # 5. Pictures and report.
     pictures = {}
     examples = {m: [(s.image, s.labels) for s in synth[arm][:6]] for arm, m in methods.items()}
     synthetic_grid(out / "synthetic_examples.png", examples)
@@ -224,7 +237,7 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     result = {
         "data": cfg.data, "labelled_fraction": cfg.labelled_fraction, "labelled_images": len(labelled), "seed": cfg.seed,
         "eval_split": how, "eval_images": len(held_ds), "classes": list(classes), "arms": results, "verdict": verdict,
-        "generator": str(gen_run), "gan_metrics": gan_metrics, "shape_bank": bank.summary(), "pictures": pictures,
+        "generator": str(gen_run), "gan_metrics": gan_metrics, "quality_segmenter_features": seg_quality, "shape_bank": bank.summary(), "pictures": pictures,
         "calibration_note": "each arm's thresholds/min areas are calibrated by `train fit` on the held-out split it is evaluated on (same for every arm)",
         "config": cfg.to_dict(), "command": cfg.command_line(), "total_seconds": round(time.monotonic() - t_start, 1),
     }

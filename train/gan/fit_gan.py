@@ -154,14 +154,20 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             be.copy_(bm)
 
 
-def held_out_pairs(held_images, num_classes: int, cfg: GanConfig) -> list[Pair]:
+def held_out_pairs(held_images, num_classes: int, crop: int, seed: int, n: int) -> list[Pair]:
     """Fixed defect pairs from held-out images (seeded): the measuring stick for every step."""
     if not held_images:
         return []
-    sampler = PairSampler(held_images, num_classes, PairConfig(crop=cfg.crop, dilate_range=(3, 3)))
-    rng = np.random.default_rng(cfg.seed + 7919)
+    sampler = PairSampler(held_images, num_classes, PairConfig(crop=crop, dilate_range=(3, 3)))
+    rng = np.random.default_rng(seed + 7919)
     kind = "defect" if sampler.components else "clean"
-    return [sampler.sample(rng, kind) for _ in range(cfg.eval_pairs)]
+    return [sampler.sample(rng, kind) for _ in range(n)]
+
+
+def load_held_out_pairs(held_ds, num_classes: int, crop: int, seed: int, n: int) -> list[Pair]:
+    """`n` held-out pairs from up to `n` seeded held-out images (the same ones for the same seed)."""
+    idx = np.sort(np.random.default_rng(seed).permutation(len(held_ds))[: max(n, 1)])
+    return held_out_pairs(load_labelled(held_ds, idx), num_classes, crop, seed, n)
 
 
 def fit_gan(cfg: GanConfig, console=None) -> dict:
@@ -187,8 +193,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
         val_split=cfg.val_split, val_fraction=cfg.val_fraction,
     )
     labelled = load_labelled(train_ds)
-    held_idx = np.sort(np.random.default_rng(cfg.seed).permutation(len(held_ds))[: max(cfg.eval_pairs, 1)])
-    eval_pairs = held_out_pairs(load_labelled(held_ds, held_idx), k, cfg)
+    eval_pairs = load_held_out_pairs(held_ds, k, cfg.crop, cfg.seed, cfg.eval_pairs)
     sampler = PairSampler(labelled, k, PairConfig(crop=cfg.crop, defect_share=cfg.defect_share))
     console.print(
         f"GAN: {len(labelled)} labelled images ({sampler.bank.summary()['shapes']} defect shapes), "

@@ -121,3 +121,30 @@ def measure(pairs: list[Pair], generated: list[np.ndarray], features: FeatureNet
             "frechet_distance": frechet_distance(real_feats, features(crops)),
         }
     return result
+
+
+def synthetic_defect_crops(items, margin: int = 3, max_crops: int = 256) -> np.ndarray:
+    """Crops around each added defect of synthetic items, cut like held-out defect pairs
+    (component dilated by `margin`, bounding box, resized): comparable with real crops."""
+    from train.gan.pairs import dilate
+
+    crops = []
+    for s in items:
+        if s.new_mask is None or not s.new_mask.any():
+            continue
+        n, comp = cv2.connectedComponents(s.new_mask.astype(np.uint8), connectivity=8)
+        for c in range(1, n):
+            crops.append(defect_crop(s.image, dilate(comp == c, margin)))
+            if len(crops) >= max_crops:
+                return np.stack(crops)
+    return np.stack(crops) if crops else np.zeros((0, FD_CROP, FD_CROP), np.uint8)
+
+
+def realism(real_pairs: list[Pair], synthetic: dict[str, list], features: FeatureNet) -> dict:
+    """Fréchet distance between real held-out defect crops and each method's synthetic defect crops."""
+    real = features(np.stack([defect_crop(p.image, p.hole) for p in real_pairs]))
+    out = {"feature_net": features.name, "real_crops": len(real_pairs)}
+    for name, items in synthetic.items():
+        crops = synthetic_defect_crops(items)
+        out[name] = {"crops": len(crops), "frechet_distance": frechet_distance(real, features(crops)) if len(crops) > 1 else None}
+    return out

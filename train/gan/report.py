@@ -115,6 +115,20 @@ def write_report(out: Path, result: dict) -> None:
             if painter in gm:
                 g = gm[painter]
                 lines.append(f"| {painter} | {g['masked_l1']:.4f} | {g['masked_psnr_db']:.2f} | {g['frechet_distance']:.4f} |")
+    sq = result.get("quality_segmenter_features")
+    if sq:
+        lines += ["", f"Same held-out holes, features of {sq['feature_net']}:", ""]
+        lines += ["| painter | masked L1 | masked PSNR (dB) | Fréchet distance |", "|---|---|---|---|"]
+        for painter in ("gan", "telea"):
+            g = sq[painter]
+            lines.append(f"| {painter} | {g['masked_l1']:.4f} | {g['masked_psnr_db']:.2f} | {g['frechet_distance']:.4f} |")
+        rz = sq.get("realism", {})
+        methods = [m for m in rz if isinstance(rz[m], dict)]
+        if methods:
+            lines += ["", f"Synthetic defects vs {rz['real_crops']} real held-out defect crops (Fréchet distance, same features; lower is more real):", ""]
+            lines += ["| method | crops | Fréchet distance |", "|---|---|---|"]
+            for m in methods:
+                lines.append(f"| {m} | {rz[m]['crops']} | {_fmt(rz[m]['frechet_distance'])} |")
     lines += ["", "## Pictures", ""]
     for title, rel in result.get("pictures", {}).items():
         lines += [f"**{title}**", "", f"![{title}]({rel})", ""]

@@ -52,6 +52,7 @@ class Synthetic:
     image: np.ndarray  # uint8 (H, W)
     labels: np.ndarray  # uint8 (H, W)
     record: dict  # manifest entry
+    new_mask: np.ndarray | None = None  # bool (H, W): the defects added here
 
 
 def _paint_gan(generator, image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before: np.ndarray, cfg: SynthConfig, num_classes: int) -> np.ndarray:
@@ -125,7 +126,7 @@ def synthesize_samples(
         image_id = f"{id_prefix}_{cfg.method.replace('-', '')}_{n:05d}"
         record = {"image_id": image_id, "synthetic": True, "method": cfg.method, "background": bg.image_id,
                   "background_defect_free": not bg.labels.any(), "defects": defects}
-        out.append(Synthetic(image_id, image, labels, record))
+        out.append(Synthetic(image_id, image, labels, record, (labels > 0) & (bg.labels == 0)))
     return out
 
 
