@@ -144,7 +144,8 @@ def to_markdown(record: dict) -> str:
     p = record.get("pipeline")
     if p:
         pf = p["per_frame_ms"]
-        lines += ["", f"### Pipeline vs engine alone ({p['model_label']}, frame {p['frame'][0]}x{p['frame'][1]} "
+        w = ", random weights" if p.get("random_weights") else ""
+        lines += ["", f"### Pipeline vs engine alone ({p['model_label']}{w}, frame {p['frame'][0]}x{p['frame'][1]} "
                   f"-> {p['tiles_per_frame']} tile(s) of {p['input'][0]}x{p['input'][1]})", "",
                   f"- Engine alone: {_f(p['engine']['fps'], 2)} frames/s ({_f(p['engine']['mean_ms'])} ms per frame, "
                   f"= one inference period)",

@@ -121,7 +121,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
 
     pipeline = None
     if cfg.pipeline:
-        chosen = next((m for m in models if m.label == cfg.pipeline_model), None) if cfg.pipeline_model else models[0]
+        # Post-processing and the live view cost what the masks hold: random weights flag noise
+        # everywhere, so a trained model, when given, is the honest default for this run.
+        default = next((m for m in models if not m.random_weights), models[0])
+        chosen = next((m for m in models if m.label == cfg.pipeline_model), None) if cfg.pipeline_model else default
         if chosen is None:
             raise BenchError(f"--pipeline-model {cfg.pipeline_model!r}: not one of {[m.label for m in models]}")
         log(f"pipeline vs engine alone on {chosen.label}, frames {cfg.frame_height}x{cfg.frame_width}")
@@ -129,6 +132,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         pipeline = run_pipeline_bench(chosen.onnx, frames, cfg.pipeline_threads or max(cfg.threads),
                                       cfg.pipeline_cfg, log)
         pipeline["model_label"] = chosen.label
+        pipeline["random_weights"] = chosen.random_weights
+        if chosen.random_weights:
+            notes.append("The pipeline run used a random-weight model: its masks are noise, which makes "
+                         "post-processing and the live view slower than with a trained model.")
 
     record = {
         "schema": "inspect-edge.bench/1", "created": created, "command": cfg.command,
