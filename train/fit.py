@@ -231,6 +231,9 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
             scaler.update()
             sched["step"] += 1
             losses.append(loss.item())
+            if d.main and len(losses) % max(1, steps_per_epoch // 4) == 0 and len(losses) < steps_per_epoch:
+                log.info("epoch %d step %d/%d loss %.4f (%.0fs)", epoch + 1, len(losses), steps_per_epoch,
+                         np.mean(losses), time.monotonic() - t_epoch)
             if bar:
                 bar.update(task, advance=1, status=f"epoch {epoch + 1}/{sched['planned_epochs']} loss {np.mean(losses):.4f}")
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}

@@ -136,8 +136,9 @@ class UNet(nn.Module):
         h, w = int(x.shape[-2]), int(x.shape[-1])
         pad_h = (STRIDE - h % STRIDE) % STRIDE
         pad_w = (STRIDE - w % STRIDE) % STRIDE
-        # Zero in normalised units is the mean grey level: a neutral border.
-        x = F.pad(x, (0, pad_w, 0, pad_h))
+        # Replicate the edge pixels, as the edge's pre-processing pads short frames:
+        # a constant border reads as a false edge (defects along the bottom/right).
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         feats = [self.stem(x)]
         for stage in self.stages:
             feats.append(stage(feats[-1]))
