@@ -55,35 +55,48 @@ class Synthetic:
     new_mask: np.ndarray | None = None  # bool (H, W): the defects added here
 
 
-def _paint_gan(generator, image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before: np.ndarray, cfg: SynthConfig, num_classes: int) -> np.ndarray:
-    """Paint one new defect with the generator; returns the new image (only hole pixels change)."""
-    import torch
+def _gan_job(image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before: np.ndarray, cfg: SynthConfig):
+    """The crop the generator paints one new defect in: (Pair, window top-left).
 
-    from train.gan.pairs import Pair, to_tensors, to_uint8
+    Hole = the new mask dilated by `hole_margin`, never over defects that were there
+    before (they keep their pixels and labels); the class map is the labels after adding."""
+    from train.gan.pairs import Pair
 
     c = cfg.crop
     img_p, lab_p = pad_to(image, labels, c)
     pad = ((0, img_p.shape[0] - image.shape[0]), (0, img_p.shape[1] - image.shape[1]))
     new_p, before_p = np.pad(new_mask, pad), np.pad(before, pad)  # zeros: the pad is never painted
+    inside = np.pad(np.ones(image.shape, bool), pad)
     ys, xs = np.nonzero(new_p)
     y0, x0 = window_around((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2, img_p.shape, c)
     win = (slice(y0, y0 + c), slice(x0, x0 + c))
-    inside = np.pad(np.ones(image.shape, bool), pad)
     hole = dilate(new_p[win], cfg.hole_margin) & (before_p[win] == 0) & inside[win]
-    pair = Pair(img_p[win], lab_p[win], hole, "", "synthetic")
-    real, hole_t, cmap = to_tensors([pair], num_classes)
+    return Pair(img_p[win], lab_p[win], hole, "", "synthetic"), (y0, x0)
+
+
+def _paint_batch(generator, jobs: list, num_classes: int, batch: int = 32) -> list[np.ndarray]:
+    """Generated uint8 crops for a list of Pairs, in batches (one forward per batch)."""
+    import torch
+
+    from train.gan.pairs import to_tensors, to_uint8
+
+    device = next(generator.parameters()).device
+    out = []
     with torch.no_grad():
-        device = next(generator.parameters()).device
-        gen = to_uint8(generator((real * (1 - hole_t)).to(device), hole_t.to(device), cmap.to(device)))[0]
-    out = img_p.copy()
-    out[win] = np.where(hole, gen, img_p[win])
-    return out[: image.shape[0], : image.shape[1]]
+        for i in range(0, len(jobs), batch):
+            real, hole, cmap = (t.to(device) for t in to_tensors(jobs[i : i + batch], num_classes))
+            out.extend(to_uint8(generator(real * (1 - hole), hole, cmap)))
+    return out
 
 
 def synthesize_samples(
     backgrounds: list[LabelledImage], bank: ShapeBank, cfg: SynthConfig, classes, generator=None, id_prefix: str = "syn"
 ) -> list[Synthetic]:
-    """`cfg.count` synthetic images; deterministic for a given seed, backgrounds and bank."""
+    """`cfg.count` synthetic images; deterministic for a given seed, backgrounds and bank.
+
+    Shapes and placements are drawn first (the only random part, identical for both
+    methods); then the GAN paints the i-th new defect of every image in one batched
+    pass per i, so a later defect is painted with the earlier ones already in place."""
     if not backgrounds:
         raise ValueError("no labelled backgrounds to synthesize on")
     if not bank.classes_present:
@@ -96,11 +109,11 @@ def synthesize_samples(
     tcfg = TransformConfig(scale_range=cfg.scale_range, max_rotation_deg=cfg.max_rotation_deg, max_extent=cfg.crop - 4 * cfg.hole_margin)
     present = bank.classes_present
     class_cycle = 0
-    out = []
+    items, plans = [], []
     for n in range(cfg.count):
         bg = pool[int(rng.integers(len(pool)))]
         image, labels = bg.image.copy(), bg.labels.copy()
-        defects = []
+        defects, plan = [], []
         for _ in range(int(rng.integers(1, cfg.max_defects_per_image + 1))):
             k = present[class_cycle % len(present)]  # round robin: rare classes get as many as common ones
             class_cycle += 1
@@ -113,12 +126,11 @@ def synthesize_samples(
             before = labels
             labels = labels.copy()
             labels[new_mask] = k + 1
-            if cfg.method == "gan":
-                image = _paint_gan(generator, image, labels, new_mask, before, cfg, len(classes))
-            else:
+            if cfg.method == "copy-paste":
                 h, w = mask.shape
                 sub = new_mask[y : y + h, x : x + w]
                 image[y : y + h, x : x + w][sub] = patch[sub]
+            plan.append((new_mask, before, labels))
             defects.append({
                 "class": classes[k], "shape_source": shape.source_id, "component": int(shape.component),
                 "bbox_xywh": [x, y, int(mask.shape[1]), int(mask.shape[0])], "area_px": int(new_mask.sum()),
@@ -126,8 +138,20 @@ def synthesize_samples(
         image_id = f"{id_prefix}_{cfg.method.replace('-', '')}_{n:05d}"
         record = {"image_id": image_id, "synthetic": True, "method": cfg.method, "background": bg.image_id,
                   "background_defect_free": not bg.labels.any(), "defects": defects}
-        out.append(Synthetic(image_id, image, labels, record, (labels > 0) & (bg.labels == 0)))
-    return out
+        items.append(Synthetic(image_id, image, labels, record, (labels > 0) & (bg.labels == 0)))
+        plans.append(plan)
+    if cfg.method == "gan":
+        for r in range(max((len(p) for p in plans), default=0)):
+            todo = [(i, p[r]) for i, p in enumerate(plans) if len(p) > r]
+            jobs = [_gan_job(items[i].image, after, new_mask, before, cfg) for i, (new_mask, before, after) in todo]
+            painted = _paint_batch(generator, [pair for pair, _ in jobs], len(classes))
+            for (i, _), (pair, (y0, x0)), gen in zip(todo, jobs, painted):
+                img = items[i].image
+                c = cfg.crop
+                h, w = min(c, img.shape[0] - y0), min(c, img.shape[1] - x0)  # the window may reach into padding
+                region = img[y0 : y0 + h, x0 : x0 + w]
+                region[...] = np.where(pair.hole[:h, :w], gen[:h, :w], region)
+    return items
 
 
 def write_dataset(out: Path, items: list[Synthetic], classes, fmt: str, split: str = "train", extra_manifest: dict | None = None) -> None:
