@@ -18,7 +18,7 @@ from train.cli import app
 torch.set_num_threads(1)
 
 TINY = ["--count", "4", "--gan-steps", "2", "--gan-crop", "32", "--gan-batch-size", "2", "--gan-eval-pairs", "6",
-        "--fit-epochs", "1", "--fit-batch-size", "4", "--crop-width", "64", "--threads", "1", "--seed", "1"]
+        "--fit-epochs", "1", "--fit-batch-size", "4", "--fit-val-images", "3", "--crop-width", "64", "--threads", "1", "--seed", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,10 @@ def test_arms_share_real_labels_and_held_out_images(ablation_run):
     data, out = ablation_run
     folders = {arm: open_dataset(out / "data" / arm) for arm in ("real", "real_copy-paste", "real_gan")}
     real_ids = set(folders["real"].split("train").ids)
-    val_ids = folders["real"].split("val").ids
-    assert len(real_ids) == 5 and val_ids == open_dataset(data, split="val").ids
+    val_ids = folders["real"].split("val").ids  # what `train fit` validates and calibrates on
+    eval_ids = open_dataset(out / "data" / "eval", split="val").ids  # what every arm is scored on
+    assert eval_ids == open_dataset(data, split="val").ids
+    assert len(real_ids) == 5 and len(val_ids) == 3 and set(val_ids) < set(eval_ids)
     for arm in ("real_copy-paste", "real_gan"):
         ds = folders[arm]
         train_ids = set(ds.split("train").ids)

@@ -54,7 +54,7 @@ class GanConfig:
     val_fraction: float = 0.2
     sample_every: int = 250
     checkpoint_every: int = 250
-    eval_pairs: int = 64
+    eval_pairs: int = 256
     feature_net: str = "random"  # random | segmenter
     segmenter_run: str | None = None
     resume: bool = False

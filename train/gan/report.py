@@ -104,6 +104,8 @@ def write_report(out: Path, result: dict) -> None:
     for name, arm in arms.items():
         pres = arm["metrics"].get("per_class_dice_present", {})
         lines.append(f"| {name} | " + " | ".join(_fmt(pres.get(c)) for c in classes) + " |")
+    if result.get("calibration_note"):
+        lines += ["", f"Note: {result['calibration_note']}."]
     verdict = result.get("verdict")
     if verdict:
         lines += ["", f"**Verdict:** {verdict}"]
