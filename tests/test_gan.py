@@ -161,3 +161,20 @@ def test_load_generator_refuses_other_files(tmp_path):
         load_generator(tmp_path)
     with pytest.raises(FileNotFoundError, match="train gan"):
         load_generator(tmp_path / "nowhere")
+
+
+def test_gan_command_trains_reports_and_refuses_bad_crops(tmp_path):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    data = make_mask_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["gan", "--data", str(data), "--out", str(run), "--steps", "2", "--crop", "32", "--batch-size", "2",
+            "--base", "8", "--eval-pairs", "4", "--threads", "1"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "held-out masked L1" in r.output and "Telea" in r.output
+    assert json.loads((run / "config.json").read_text())["crop"] == 32
+    r = CliRunner().invoke(app, [*args[:5], "--crop", "36"], env={"COLUMNS": "300"})
+    assert r.exit_code != 0 and "multiple of 8" in r.output
