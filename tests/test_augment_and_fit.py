@@ -50,6 +50,7 @@ def test_ablation_writes_every_output(ablation_run):
     md = (out / "report.md").read_text()
     for arm in report["arms"]:
         assert f"| {arm} |" in md
+    assert json.loads((out / "arms_partial.json").read_text()) == report["arms"]
     assert report["command"] in md and "--ablation" in report["command"]
     # Pictures exist, decode, and every picture the report links is there.
     for rel in report["pictures"].values():

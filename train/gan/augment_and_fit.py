@@ -207,6 +207,8 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
             "metrics": {k: ev[k] for k in ("competition_dice", "per_class_dice", "per_class_dice_present", "per_class_iou", "mean_iou", "n_images")},
         }
         console.print(f"arm {arm}: competition Dice {ev['competition_dice']:.4f} on {ev['n_images']} held-out images")
+        # Written after every arm, so a long run cut short still leaves what it measured.
+        (out / "arms_partial.json").write_text(json.dumps(results, indent=2) + "\n")
 
     # 4. Realism measured with the features of a segmenter trained here (it knows what defects
     # look like): the generator on held-out holes, and each method's synthetic defect crops.

@@ -92,13 +92,14 @@ def write_report(out: Path, result: dict) -> None:
         f"({result['labelled_images']} labelled training images, seed {result['seed']}); "
         f"evaluated on {result['eval_images']} held-out real images ({result['eval_split']}).",
         "",
-        "| arm | train images (real + synthetic) | competition Dice | " + " | ".join(f"Dice {c}" for c in classes) + " |",
-        "|---|---|---|" + "---|" * len(classes),
+        "| arm | train images (real + synthetic) | epochs | train s | competition Dice | " + " | ".join(f"Dice {c}" for c in classes) + " |",
+        "|---|---|---|---|---|" + "---|" * len(classes),
     ]
     for name, arm in arms.items():
         m = arm["metrics"]
         per = [_fmt(m["per_class_dice"].get(c)) for c in classes]
-        lines.append(f"| {name} | {arm['real_images']} + {arm['synthetic_images']} | {_fmt(m['competition_dice'])} | " + " | ".join(per) + " |")
+        lines.append(f"| {name} | {arm['real_images']} + {arm['synthetic_images']} | {arm.get('epochs_run')} | {arm.get('train_seconds')} | "
+                     f"{_fmt(m['competition_dice'])} | " + " | ".join(per) + " |")
     lines += ["", "Per-class Dice on images where the class is present:", ""]
     lines += ["| arm | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for name, arm in arms.items():
