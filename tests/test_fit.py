@@ -171,3 +171,12 @@ def test_cli_rejects_bad_flags_with_the_reason(tiny_data, tmp_path):
     assert r.exit_code != 0 and "nano" in r.output
     r = CliRunner().invoke(app, ["fit", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--labelled-fraction", "0"])
     assert r.exit_code != 0 and "labelled_fraction" in r.output
+
+
+def test_time_budget_stops_the_run_by_itself(tiny_data, tmp_path):
+    from train.fit import fit
+
+    m = fit(tiny_cfg(tiny_data, tmp_path / "run", epochs=50, time_budget_min=0.0005), progress=False)
+    assert m["epochs_run"] == 1 and m["stopped_by_time_budget"] is True
+    assert "planning 1 epoch(s)" in (tmp_path / "run" / "train.log").read_text()
+    assert (tmp_path / "run" / "model_info.json").is_file()

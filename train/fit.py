@@ -200,7 +200,8 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = BceDiceLoss()
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    t0 = time.monotonic() - elapsed_before
+    t_session = time.monotonic()
+    t0 = t_session - elapsed_before
     stopped_by_budget = False
 
     def ckpt_fields(epoch: int) -> dict:
@@ -254,30 +255,24 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
                            f"val Dice {_fmt(record.get('val_dice'))} best {best_score:.4f}")
             log.info("epoch %d/%d train_loss %.4f val_loss %s val_dice %s lr %.2e (%.1fs)", epoch + 1, sched["planned_epochs"],
                      record["train_loss"], _fmt(record.get("val_loss")), _fmt(record.get("val_dice")), record["lr"], record["epoch_s"])
-        # Time budget: after the first epoch, cut the plan (and the cosine) to what fits;
-        # afterwards stop early if the next epoch would overrun.
-        planned, stop = float(sched["planned_epochs"]), 0.0
+        # Time budget: after every epoch, re-plan how many epochs fit in what is left,
+        # from the mean epoch time so far (the CPU is shared, so speed drifts); the
+        # cosine follows the plan, so the rate still decays to its floor at the end.
+        planned = float(sched["planned_epochs"])
         if d.main and budget_s:
-            elapsed = time.monotonic() - t0
-            per_epoch = elapsed / (epoch + 1)  # includes validation
-            if epoch == start_epoch and start_epoch == 0:
-                fit_epochs = max(1, min(cfg.epochs, int(budget_s // max(per_epoch, 1e-6))))
-                planned = float(fit_epochs)
-            elif elapsed + (time.monotonic() - t_epoch) > budget_s:
-                stop = 1.0
-        planned, stop = d.broadcast_floats([planned, stop])
+            now = time.monotonic()
+            per_epoch = (now - t_session) / (epoch + 1 - start_epoch)  # includes validation
+            extra = int(max(0.0, budget_s - (now - t0)) // max(per_epoch, 1e-6))
+            planned = float(max(epoch + 1, min(cfg.epochs, epoch + 1 + extra)))
+        planned = d.broadcast_floats([planned])[0]
         if int(planned) != sched["planned_epochs"]:
+            stopped_by_budget = int(planned) < cfg.epochs
             sched["planned_epochs"], sched["total"] = int(planned), int(planned) * steps_per_epoch
             if d.main:
                 log.info("time budget %.1f min: planning %d epoch(s)", cfg.time_budget_min, int(planned))
                 if bar:
                     bar.update(task, total=int(planned) * steps_per_epoch)
         epoch += 1
-        if stop and epoch < sched["planned_epochs"]:
-            stopped_by_budget = True
-            if d.main:
-                log.info("time budget reached after epoch %d; stopping", epoch)
-            break
     if bar:
         bar.stop()
     train_s = time.monotonic() - t0
