@@ -138,3 +138,19 @@ def test_gan_method_without_a_generator_is_a_clear_error(tmp_path):
     assert r.exit_code != 0 and "--generator" in r.output
     r = CliRunner().invoke(app, ["synthesize", "--data", str(data), "--out", str(tmp_path / "o"), "--count", "2", "--method", "paint"])
     assert r.exit_code != 0 and "copy-paste" in r.output
+
+
+def test_gan_paints_images_smaller_than_its_crop():
+    # 64x64 images, 96x96 generator crop: the window is padded, the pad is never written back.
+    backgrounds = _labelled()
+    bank = ShapeBank.from_images(backgrounds, 2)
+    cfg = SynthConfig(count=4, method="gan", crop=96)
+    items = synthesize_samples(backgrounds, bank, cfg, CLASSES, _generator())
+    by_id = {b.image_id: b for b in backgrounds}
+    for s in items:
+        bg = by_id[s.record["background"]]
+        assert s.image.shape == bg.image.shape == (64, 64)
+        old = bg.labels > 0
+        painted = dilate(s.new_mask, cfg.hole_margin) & ~old
+        assert np.array_equal(s.image[~painted], bg.image[~painted])
+        assert not np.array_equal(s.image, bg.image)
