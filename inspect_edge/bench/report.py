@@ -132,7 +132,14 @@ def to_markdown(record: dict) -> str:
     if not any(r["device"] == "cuda" for r in record["engine"]):
         lines.append(f"| all | GPU (TensorRT FP16 / PyTorch CUDA FP16) | cuda | - | - | - | - | {NO_GPU} | - |")
     if record.get("skipped"):
-        lines += ["", "Not measured:", ""] + [f"- {s}" for s in record["skipped"]]
+        # "model: reason" lines, one per model: shown once per reason with the models listed.
+        by_reason: dict[str, list[str]] = {}
+        for s in record["skipped"]:
+            label, _, reason = s.partition(": ") if ": not" in s.partition(": ")[2] else ("", "", s)
+            by_reason.setdefault(reason, []).append(label)
+        lines += ["", "Not measured:", ""]
+        lines += [f"- {r}" + (f" (models: {', '.join(m for m in ms if m)})" if any(ms) else "")
+                  for r, ms in by_reason.items()]
     if record.get("agreement"):
         lines += ["", "### Mask agreement (model's thresholds and minimum areas, pooled per class)", "",
                   "| model | reference | candidate | images | min Dice | max abs logit diff | classes with no positives |",
