@@ -144,3 +144,24 @@ def test_cli_bench_command_is_mounted(tiny, tmp_path):
     r = CliRunner().invoke(app, ["bench", "--model", str(tmp_path / "nope.onnx"), "--no-plugins",
                                  "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_torch_plugin_times_the_same_weights_it_exported(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from export.bench_torch import TorchBenchPlugin, TorchContender
+    from inspect_edge.model_info import ModelInfo
+    from train.model import build_model
+
+    plugin = TorchBenchPlugin()
+    info = ModelInfo(classes=("a", "b"), input_height=32, input_width=64)
+    # A plain ONNX file has no torch weights: the eager contender is named as not measured.
+    found, why = plugin.contenders(BenchModel("x", tmp_path / "x.onnx", info, False, "ONNX file"), 1)
+    assert found == [] and "pytorch-eager-cpu: not measured" in why[0]
+    model = build_model({"size": "nano", "num_classes": 2}).eval()
+    plugin._weights[(tmp_path / "m.onnx").resolve()] = model
+    (c, *_), _ = plugin.contenders(BenchModel("m", tmp_path / "m.onnx", info, True, "built by size"), 1)
+    assert c.name == "pytorch-eager-cpu" and c.threads == 1
+    out = c.run(np.zeros((2, 1, 32, 64), np.float32))
+    assert out.shape == (2, 2, 32, 64) and out.dtype == np.float32
+    assert isinstance(c, TorchContender)
