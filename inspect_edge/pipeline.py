@@ -19,7 +19,7 @@ import numpy as np
 
 from inspect_edge.backends.base import Backend
 from inspect_edge.model_info import ModelInfo
-from inspect_edge.postprocess import Defect, find_defects, masks_from_logits
+from inspect_edge.postprocess import Defect, analyse_logits
 from inspect_edge.preprocess import FitMode, Preprocessor
 from inspect_edge.sources.base import Frame
 from inspect_edge.sources.capture import LatestFrameCapture
@@ -146,8 +146,7 @@ class InspectionPipeline:
         logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
         t2 = time.perf_counter()
         full = pre.stitch(logits, plan)
-        masks = masks_from_logits(full, info.thresholds, info.min_areas)
-        defects = find_defects(full, info, frame.capture_time)
+        masks, defects = analyse_logits(full, info, frame.capture_time)
         pixels = float(masks.shape[1] * masks.shape[2])
         share = tuple(float(np.count_nonzero(m)) / pixels for m in masks)
         t3 = time.perf_counter()

@@ -26,15 +26,37 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
+def _kept_components(binary: np.ndarray, min_area: int):
+    """Components of `binary` with at least `min_area` pixels, labelled inside the
+    bounding box of the flagged pixels only: on a real frame defects cover a small
+    part of it, and labelling the whole frame per class dominated post-processing.
+
+    Returns None when nothing survives, else (y0, x0, labels, stats, keep) where
+    labels/stats are relative to the box and keep[j] says component j survives.
+    """
+    rows = np.flatnonzero(binary.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(binary.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    roi = np.ascontiguousarray(binary[y0:y1, x0:x1]).view(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(roi, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= max(int(min_area), 1)
+    keep[0] = False  # label 0 is the background
+    if not keep.any():
+        return None
+    return int(y0), int(x0), labels, stats, keep
+
+
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Drop 8-connected components with fewer than `min_area` pixels."""
     mask = np.asarray(mask, dtype=bool)
-    if min_area <= 1 or not mask.any():
-        return mask.copy()
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
-    keep[0] = False  # label 0 is the background
-    return keep[labels]
+    out = np.zeros_like(mask)
+    found = _kept_components(mask, min_area)
+    if found is not None:
+        y0, x0, labels, _, keep = found
+        out[y0 : y0 + labels.shape[0], x0 : x0 + labels.shape[1]] = keep[labels]
+    return out
 
 
 def masks_from_logits(logits: np.ndarray, thresholds, min_areas) -> np.ndarray:
@@ -68,30 +90,37 @@ class Defect:
 
 def find_defects(logits: np.ndarray, info: ModelInfo, frame_time: float = 0.0) -> list[Defect]:
     """Connected components that survive the model's thresholds and minimum areas."""
+    return analyse_logits(logits, info, frame_time)[1]
+
+
+def analyse_logits(logits: np.ndarray, info: ModelInfo, frame_time: float = 0.0) -> tuple[np.ndarray, list[Defect]]:
+    """Masks and defects of one frame from a single components pass per class."""
     logits = np.asarray(logits)
     if logits.ndim != 3 or logits.shape[0] != info.num_classes:
         raise ValueError(f"logits: expected ({info.num_classes}, H, W), got shape {logits.shape}")
+    masks = np.zeros(logits.shape, dtype=bool)
     defects: list[Defect] = []
     for c in range(info.num_classes):
-        binary = logits[c] >= prob_to_logit(info.thresholds[c])
-        if not binary.any():
+        found = _kept_components(logits[c] >= prob_to_logit(info.thresholds[c]), info.min_areas[c])
+        if found is None:
             continue
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
-        for j in range(1, n):
-            area = int(stats[j, cv2.CC_STAT_AREA])
-            if area < max(info.min_areas[c], 1):
-                continue
+        y0, x0, labels, stats, keep = found
+        box = (slice(y0, y0 + labels.shape[0]), slice(x0, x0 + labels.shape[1]))
+        masks[c][box] = keep[labels]
+        class_logits = logits[c][box]
+        for j in np.flatnonzero(keep):
             x, y, w, h = (int(v) for v in stats[j, :4])
-            # Peak over the component only: a crop keeps this cheap on big frames.
-            window = logits[c, y : y + h, x : x + w][labels[y : y + h, x : x + w] == j]
+            # Peak over the component's own pixels, searched in its bounding box only.
+            member = (labels[y : y + h, x : x + w] == j).view(np.uint8)
+            _, peak, _, _ = cv2.minMaxLoc(np.ascontiguousarray(class_logits[y : y + h, x : x + w], np.float32), member)
             defects.append(
                 Defect(
                     class_index=c,
                     class_name=info.classes[c],
-                    area_px=area,
-                    bbox=(x, y, w, h),
-                    peak_prob=float(sigmoid(window.max())),
+                    area_px=int(stats[j, cv2.CC_STAT_AREA]),
+                    bbox=(x + x0, y + y0, w, h),
+                    peak_prob=float(sigmoid(peak)),
                     frame_time=float(frame_time),
                 )
             )
-    return defects
+    return masks, defects

@@ -58,3 +58,40 @@ def test_find_defects_reports_class_area_bbox_and_peak():
     assert d.to_dict()["frame_time"] == 123.5
     with pytest.raises(ValueError, match="expected"):
         find_defects(logits[:1], _info())
+
+
+def _reference_masks(logits, thresholds, min_areas):
+    # Whole-frame labelling with OpenCV, written independently of the module.
+    import cv2
+
+    out = np.zeros(logits.shape, bool)
+    for c in range(logits.shape[0]):
+        b = (1 / (1 + np.exp(-logits[c].astype(np.float64))) >= thresholds[c]).astype(np.uint8)
+        n, lab, st, _ = cv2.connectedComponentsWithStats(b, connectivity=8)
+        for j in range(1, n):
+            if st[j, cv2.CC_STAT_AREA] >= max(min_areas[c], 1):
+                out[c] |= lab == j
+    return out
+
+
+def test_analyse_logits_matches_whole_frame_labelling_on_random_frames():
+    from inspect_edge.postprocess import analyse_logits
+
+    rng = np.random.default_rng(0)
+    info = _info(classes=("a", "b", "c"), thresholds=(0.5, 0.3, 0.8), min_areas=(0, 5, 40))
+    for _ in range(5):
+        # smooth random blobs so components have varied sizes, some touching the border
+        noise = rng.normal(size=(3, 8, 16)).astype(np.float32)
+        import cv2
+
+        logits = np.stack([cv2.resize(n, (64, 32)) * 4 - 2 for n in noise])
+        masks, defects = analyse_logits(logits, info, 1.0)
+        assert np.array_equal(masks, _reference_masks(logits, info.thresholds, info.min_areas))
+        assert np.array_equal(masks, masks_from_logits(logits, info.thresholds, info.min_areas))
+        for d in defects:
+            x, y, w, h = d.bbox
+            inside = masks[d.class_index, y : y + h, x : x + w]
+            assert inside.sum() >= d.area_px  # the component lies within its box
+            peak = 1 / (1 + np.exp(-logits[d.class_index, y : y + h, x : x + w][inside].max()))
+            assert d.peak_prob <= peak + 1e-6
+        assert sum(d.area_px for d in defects) == masks.sum()
