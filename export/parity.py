@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from inspect_edge.model_info import ModelInfo
-from inspect_edge.postprocess import masks_from_logits
+from inspect_edge.postprocess import mask_dice_between
 
 
 class ParityError(RuntimeError):
@@ -88,22 +88,13 @@ def compare_logits(ref: np.ndarray, cand: np.ndarray, info: ModelInfo, *, refere
     if ref.shape != cand.shape:
         raise ParityError(f"{reference} gave logits {ref.shape}, {candidate} gave {cand.shape}")
     diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
-    k = info.num_classes
-    inter, size_ref, size_cand = np.zeros(k), np.zeros(k, np.int64), np.zeros(k, np.int64)
-    for a, b in zip(ref, cand):
-        ma = masks_from_logits(a, info.thresholds, info.min_areas)
-        mb = masks_from_logits(b, info.thresholds, info.min_areas)
-        inter += (ma & mb).sum(axis=(1, 2))
-        size_ref += ma.sum(axis=(1, 2))
-        size_cand += mb.sum(axis=(1, 2))
-    dice = {name: (1.0 if size_ref[c] + size_cand[c] == 0 else float(2 * inter[c] / (size_ref[c] + size_cand[c])))
-            for c, name in enumerate(info.classes)}
+    dice, positive = mask_dice_between(ref, cand, info)
     report = ParityReport(
         reference=reference, candidate=candidate, n_images=len(ref),
         max_abs_logit_diff=float(diff.max()) if diff.size else 0.0,
         mean_abs_logit_diff=float(diff.mean()) if diff.size else 0.0,
         per_class_dice=dice,
-        positive_pixels={name: [int(size_ref[c]), int(size_cand[c])] for c, name in enumerate(info.classes)},
+        positive_pixels=positive,
         tolerance=tolerance,
     )
     if not np.isfinite(diff).all():

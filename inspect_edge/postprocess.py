@@ -124,3 +124,26 @@ def analyse_logits(logits: np.ndarray, info: ModelInfo, frame_time: float = 0.0)
                 )
             )
     return masks, defects
+
+
+def mask_dice_between(ref_logits: np.ndarray, cand_logits: np.ndarray, info: ModelInfo) -> tuple[dict, dict]:
+    """How far two runtimes agree once their (N, K, H, W) logits become masks.
+
+    Returns per-class Dice between the two mask sets (1.0 when both are empty) and
+    per-class positive pixel counts [reference, candidate], so a caller can say when
+    a Dice of 1 is trivial rather than evidence.
+    """
+    k = info.num_classes
+    inter, size_ref, size_cand = np.zeros(k), np.zeros(k, np.int64), np.zeros(k, np.int64)
+    for a, b in zip(ref_logits, cand_logits):
+        ma = masks_from_logits(a, info.thresholds, info.min_areas)
+        mb = masks_from_logits(b, info.thresholds, info.min_areas)
+        inter += (ma & mb).sum(axis=(1, 2))
+        size_ref += ma.sum(axis=(1, 2))
+        size_cand += mb.sum(axis=(1, 2))
+    dice, positive = {}, {}
+    for c, name in enumerate(info.classes):
+        total = size_ref[c] + size_cand[c]
+        dice[name] = 1.0 if total == 0 else float(2 * inter[c] / total)
+        positive[name] = [int(size_ref[c]), int(size_cand[c])]
+    return dice, positive

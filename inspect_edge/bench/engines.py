@@ -15,7 +15,7 @@ import numpy as np
 from inspect_edge.bench.contenders import BenchModel, Contender
 from inspect_edge.bench.timing import summarize, time_interleaved
 from inspect_edge.model_info import ModelInfo
-from inspect_edge.postprocess import masks_from_logits
+from inspect_edge.postprocess import mask_dice_between
 from inspect_edge.preprocess import Preprocessor
 
 
@@ -84,22 +84,13 @@ def mask_agreement(model: BenchModel, reference: Contender, others: Sequence[Con
     out = []
     for c in others:
         cand = logits(c)
-        k = info.num_classes
-        inter, a_sum, b_sum = np.zeros(k), np.zeros(k), np.zeros(k)
-        for a, b in zip(ref, cand):
-            ma = masks_from_logits(a, info.thresholds, info.min_areas)
-            mb = masks_from_logits(b, info.thresholds, info.min_areas)
-            inter += (ma & mb).sum(axis=(1, 2))
-            a_sum += ma.sum(axis=(1, 2))
-            b_sum += mb.sum(axis=(1, 2))
-        dice = {name: 1.0 if a_sum[j] + b_sum[j] == 0 else float(2 * inter[j] / (a_sum[j] + b_sum[j]))
-                for j, name in enumerate(info.classes)}
+        dice, positive = mask_dice_between(ref, cand, info)
         out.append({
             "model": model.label, "reference": reference.name, "candidate": c.name, "images": n_images,
             "random_weights": model.random_weights,
             "max_abs_logit_diff": float(np.abs(ref.astype(np.float64) - cand).max()),
             "dice": dice, "min_dice": min(dice.values()),
-            "empty_classes": [n for j, n in enumerate(info.classes) if a_sum[j] + b_sum[j] == 0],
-            "positive_px": {n: [int(a_sum[j]), int(b_sum[j])] for j, n in enumerate(info.classes)},
+            "empty_classes": [n for n, px in positive.items() if sum(px) == 0],
+            "positive_px": positive,
         })
     return out
