@@ -107,7 +107,10 @@ def setup_logging(out: Path, main: bool) -> None:
 def validate(model, val_ds, info: ModelInfo, batch_size: int, loss_fn) -> dict:
     acc = DiceAccumulator(info.num_classes)
     losses = []
-    thr, areas = (0.5,) * info.num_classes, (0,) * info.num_classes
+    # Threshold 0.5 and a small minimum area (0.1% of the frame): speckle alone must not
+    # make an all-empty early epoch look better than a model that has learnt defects.
+    min_area = int(round(0.001 * info.input_height * info.input_width))
+    thr, areas = (0.5,) * info.num_classes, (min_area,) * info.num_classes
     for sample, logits in iter_dataset_logits(model, val_ds, info, batch_size=batch_size):
         losses.append(loss_fn(torch.from_numpy(logits[None]), torch.from_numpy(sample.masks[None])).item())
         acc.update(masks_from_logits(logits, thr, areas), sample.masks)
@@ -285,18 +288,33 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
 
 
 def _finish(cfg, out, model_cfg, info, val_ds, history, best_score, how, train_s, stopped_by_budget, n_train, n_train_all) -> dict:
-    """Calibrate the best model on validation, store the thresholds with it, write results and pictures."""
+    """Calibrate the best and the last epoch on validation, keep whichever calibrates better,
+    store its thresholds with it, write results and pictures.
+
+    The per-epoch score uses one fixed threshold; calibration can change the ranking
+    (a noisy late model often beats an all-empty early one once its speckle is removed).
+    """
     if not (out / "best.pt").exists():  # no validation improved on -1: keep the last epoch
         ck = read_checkpoint(out / "last.pt")
         save_checkpoint(out / "best.pt", **{k: v for k, v in ck.items() if k not in ("format", "format_version")})
-    ck = read_checkpoint(out / "best.pt")
-    model = model_from_checkpoint(ck, str(out / "best.pt"))
-    t = time.monotonic()
-    pairs = ((logits, s.masks) for s, logits in iter_dataset_logits(model, val_ds, info, batch_size=cfg.batch_size))
-    cal = calibrate(pairs, info.classes, (info.input_height, info.input_width))
-    log.info("calibrated on %d validation images in %.1fs: thresholds %s min_areas %s, competition Dice %.4f (at 0.5/0: %.4f)",
-             cal["n_images"], time.monotonic() - t, cal["thresholds"], cal["min_areas"], cal["competition_dice"],
-             cal["competition_dice_at_default"])
+    candidates = {}
+    for name in ("best.pt", "last.pt"):
+        ck = read_checkpoint(out / name)
+        if any(c[0]["epoch"] == ck["epoch"] for c in candidates.values()):
+            continue
+        model = model_from_checkpoint(ck, str(out / name))
+        t = time.monotonic()
+        pairs = ((logits, s.masks) for s, logits in iter_dataset_logits(model, val_ds, info, batch_size=cfg.batch_size))
+        cal = calibrate(pairs, info.classes, (info.input_height, info.input_width))
+        log.info("%s (epoch %d) calibrated on %d validation images in %.1fs: thresholds %s min_areas %s, "
+                 "competition Dice %.4f (at 0.5/0: %.4f)", name, ck["epoch"] + 1, cal["n_images"], time.monotonic() - t,
+                 cal["thresholds"], cal["min_areas"], cal["competition_dice"], cal["competition_dice_at_default"])
+        candidates[name] = (ck, model, cal)
+    chosen = max(candidates, key=lambda n: candidates[n][2]["competition_dice"])  # ties: best.pt (first)
+    ck, model, cal = candidates[chosen]
+    cal["chosen_checkpoint_epoch"] = int(ck["epoch"]) + 1
+    cal["candidates"] = {f"epoch {c[0]['epoch'] + 1}": c[2]["competition_dice"] for c in candidates.values()}
+    log.info("keeping epoch %d as best.pt (calibrated competition Dice %.4f)", ck["epoch"] + 1, cal["competition_dice"])
     info = info.replace(thresholds=tuple(cal["thresholds"]), min_areas=tuple(cal["min_areas"]))
     (out / "calibration.json").write_text(json.dumps(cal, indent=2) + "\n")
     info.save(out / "model_info.json")
@@ -315,7 +333,7 @@ def _finish(cfg, out, model_cfg, info, val_ds, history, best_score, how, train_s
     metrics = {
         "data": str(cfg.data), "split": how, "n_train": n_train, "n_train_before_subset": n_train_all,
         "n_val": len(val_ds), "labelled_fraction": cfg.labelled_fraction, "arch": model_cfg.arch,
-        "epochs_run": len(history), "best_epoch": int(ck["epoch"]) + 1, "best_val_dice_at_0.5": best_score,
+        "epochs_run": len(history), "best_epoch": int(ck["epoch"]) + 1, "best_val_dice_at_0.5_min_area_0.1pct": best_score,
         "val_competition_dice_calibrated": cal["competition_dice"], "calibration": cal["per_class"],
         "train_seconds": round(train_s, 1), "stopped_by_time_budget": stopped_by_budget,
         "final_train_loss": history[-1]["train_loss"] if history else None, "history": history,

@@ -39,7 +39,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     if dice:
         ax2.plot(*zip(*dice), "o-", color="tab:green")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation competition Dice (threshold 0.5)")
+    ax2.set_ylabel("validation competition Dice (0.5, min area 0.1%)")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
