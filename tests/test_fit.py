@@ -180,3 +180,19 @@ def test_time_budget_stops_the_run_by_itself(tiny_data, tmp_path):
     assert m["epochs_run"] == 1 and m["stopped_by_time_budget"] is True
     assert "planning 1 epoch(s)" in (tmp_path / "run" / "train.log").read_text()
     assert (tmp_path / "run" / "model_info.json").is_file()
+
+
+def test_defect_crops_land_on_defects_and_plain_crops_are_seeded(tiny_data):
+    from train.datasets import CropDataset
+
+    ds = open_dataset(tiny_data).split("train")
+    defect_idx = [i for i in range(len(ds)) if ds.has_defect(i)]
+    on = CropDataset(ds, (16, 16), 0.5, 0.25, seed=3, defect_crop_prob=1.0)
+    for i in defect_idx:
+        x, y = on[i]
+        assert x.shape == (1, 16, 16) and y.shape == (2, 16, 16)
+        assert y.sum() > 0, f"crop of image {i} misses every defect"
+    off = CropDataset(ds, (16, 16), 0.5, 0.25, seed=3, defect_crop_prob=0.0)
+    hits = sum(bool(off[i][1].sum() > 0) for i in defect_idx)
+    assert hits < len(defect_idx)  # random 16x16 windows often miss the defects
+    torch.testing.assert_close(off[0][0], off[0][0])  # same seed, epoch and index: same crop

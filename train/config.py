@@ -32,6 +32,7 @@ class FitConfig:
     amp: bool = True  # mixed precision, only ever on CUDA
     flip: bool = True
     jitter: float = 0.2  # brightness/contrast jitter amplitude
+    defect_crop_prob: float = 0.5  # share of crops placed over a defect (rare classes get seen)
     val_every: int = 1
     threads: int | None = None  # torch CPU threads per process; None leaves torch's default
 
@@ -45,6 +46,7 @@ class FitConfig:
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (0.0 < self.labelled_fraction <= 1.0, f"labelled_fraction must be in (0, 1], got {self.labelled_fraction}"),
             (self.time_budget_min is None or self.time_budget_min > 0, "time_budget_min must be > 0"),
+            (0.0 <= self.defect_crop_prob <= 1.0, f"defect_crop_prob must be in [0, 1], got {self.defect_crop_prob}"),
             (self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
         ]
         for ok, message in checks:

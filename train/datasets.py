@@ -65,8 +65,10 @@ class CropDataset(Dataset):
         flip: bool = True,
         jitter: float = 0.2,
         in_channels: int = 1,
+        defect_crop_prob: float = 0.0,
     ) -> None:
         self.ds, self.crop, self.mean, self.std = ds, crop, mean, std
+        self.defect_crop_prob = defect_crop_prob
         self.seed, self.flip, self.jitter, self.in_channels = seed, flip, jitter, in_channels
         self.epoch = 0
 
@@ -90,6 +92,14 @@ class CropDataset(Dataset):
             h, w = img.shape
         y0 = int(rng.integers(0, h - ch + 1))
         x0 = int(rng.integers(0, w - cw + 1))
+        if self.defect_crop_prob > 0 and rng.random() < self.defect_crop_prob and masks.any():
+            # Centre the window near a pixel of a random present class: small, rare
+            # defects (pits, cracks) otherwise almost never fall inside a crop.
+            present = np.flatnonzero(masks.any(axis=(1, 2)))
+            ys, xs = np.nonzero(masks[int(rng.choice(present))])
+            j = int(rng.integers(0, len(ys)))
+            y0 = int(np.clip(ys[j] - rng.integers(0, ch), 0, h - ch))
+            x0 = int(np.clip(xs[j] - rng.integers(0, cw), 0, w - cw))
         img = img[y0 : y0 + ch, x0 : x0 + cw]
         masks = masks[:, y0 : y0 + ch, x0 : x0 + cw]
         if self.flip:

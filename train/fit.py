@@ -167,7 +167,7 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     model = build_model(model_cfg).to(d.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_set = CropDataset(train_ds, crop, mean, std, seed=cfg.seed, flip=cfg.flip, jitter=cfg.jitter,
-                            in_channels=cfg.in_channels)
+                            in_channels=cfg.in_channels, defect_crop_prob=cfg.defect_crop_prob)
     per_rank = len(epoch_order(len(train_ds), cfg.seed, 0, d.rank, d.world))
     steps_per_epoch = max(1, per_rank // cfg.batch_size) if per_rank >= cfg.batch_size else 1
     sched = {"step": 0, "warmup": max(1, min(steps_per_epoch, round(cfg.warmup_fraction * cfg.epochs * steps_per_epoch))),

@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         split: Optional[str] = typer.Option(None, "--split", help="Training split (default: 'train' if present)."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Seeded hold-out when the data set has no 'val' split."),
         labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Fraction of training images kept (seeded)."),
+        defect_crop_prob: float = typer.Option(0.5, "--defect-crop-prob", help="Share of training crops placed over a defect."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per process."),
     ) -> None:
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
                 data=str(data), out=str(out), size=size, epochs=epochs, time_budget_min=time_budget_min,
                 batch_size=batch_size, crop_width=crop_width, crop_height=crop_height, lr=lr, seed=seed,
                 workers=workers, resume=str(resume) if resume else None, split=split, val_fraction=val_fraction,
-                labelled_fraction=labelled_fraction, device=device, threads=threads,
+                labelled_fraction=labelled_fraction, device=device, threads=threads, defect_crop_prob=defect_crop_prob,
             )
             from train.model import SIZES
 
