@@ -17,7 +17,7 @@ import numpy as np
 from inspect_edge.postprocess import masks_from_logits
 from inspect_edge.scoring import dice_pair
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Minimum areas as fractions of the frame: 256x1600 gives 0, 205, 410, 1024, 2048, 4096 px,
 # the range Severstal's winners searched; a 200x200 frame scales down with it.
 AREA_FRACTIONS = (0.0, 0.0005, 0.001, 0.0025, 0.005, 0.01)
