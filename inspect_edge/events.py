@@ -25,6 +25,7 @@ from pathlib import Path
 from inspect_edge.config import EventsConfig
 from inspect_edge.overlay import encode_jpeg, encode_mask_png, render_overlay
 from inspect_edge.pipeline import FrameResult
+from inspect_edge.worker import StoppableThread
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +119,18 @@ class EventRecorder:
         self._last_evidence = -1e18
         self._last_webhook = -1e18
         self._last_log_warning = -1e18
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="events", daemon=True)
+        self._worker = StoppableThread(self._work, "events")
+        self._stop = self._worker.stop_event
 
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._worker.running
 
     def counts(self) -> dict:
         with self._lock:

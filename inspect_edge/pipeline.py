@@ -23,6 +23,7 @@ from inspect_edge.postprocess import Defect, analyse_logits
 from inspect_edge.preprocess import FitMode, Preprocessor
 from inspect_edge.sources.base import Frame
 from inspect_edge.sources.capture import LatestFrameCapture
+from inspect_edge.worker import RateMeter, StoppableThread
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +67,27 @@ class InspectionPipeline:
         self.ready = threading.Event()     # model loaded and warmed up
         self._counts = PipelineCounts()
         self._lock = threading.Lock()
-        self._done_times: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._rate = RateMeter()               # completion times, for the processed rate
+        self._worker = StoppableThread(self._run, "inference")
+        self._stop = self._worker.stop_event
 
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._worker.running
 
     def counts(self) -> PipelineCounts:
         with self._lock:
             return PipelineCounts(self._counts.processed, self._counts.errors, dict(self._counts.defects))
 
     def processed_fps(self, window_s: float = 5.0) -> float:
-        now = time.monotonic()
         with self._lock:
-            times = [t for t in self._done_times if now - t <= window_s]
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+            return self._rate.rate(window_s)
 
     # ---- inference thread --------------------------------------------------
     def _run(self) -> None:
@@ -162,6 +157,4 @@ class InspectionPipeline:
             c.processed += 1
             for d in result.defects:
                 c.defects[d.class_name] = c.defects.get(d.class_name, 0) + 1
-            self._done_times.append(time.monotonic())
-            if len(self._done_times) > 256:
-                del self._done_times[:128]
+            self._rate.tick()

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspect_edge.data import DataError, Sample, open_dataset, rle_encode, write_severstal
+from inspect_edge.data import DataError, Sample, open_dataset, write_severstal
 
 H, W = 16, 24
 

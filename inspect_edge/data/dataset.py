@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from inspect_edge.sources.base import Frame, Source, SourceEnded, SourceError
 from inspect_edge.sources.images import UnreadableImage
+from inspect_edge.worker import RateMeter, StoppableThread
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ class LatestFrameCapture:
         self._lock = threading.Lock()
         self._new_frame = threading.Condition(self._lock)
         self._slot: Frame | None = None      # newest frame not yet taken
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._recent: list[float] = []       # capture times (monotonic) for the rate
+        self._worker = StoppableThread(self._run, name)
+        self._stop = self._worker.stop_event
+        self._rate = RateMeter()               # capture times, for the capture rate
 
     # ---- consumer side -----------------------------------------------------
     def take(self, timeout: float | None = None) -> Frame | None:
@@ -64,25 +65,19 @@ class LatestFrameCapture:
                                  c.finished, c.last_error, c.last_frame_mono)
 
     def capture_fps(self, window_s: float = 5.0) -> float:
-        now = time.monotonic()
         with self._lock:
-            times = [t for t in self._recent if now - t <= window_s]
-        if len(times) < 2:
-            return 0.0
-        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+            return self._rate.rate(window_s)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._worker.running
 
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._worker.stop(timeout)
         with self._new_frame:
             self._counts.up = False
             if self._slot is not None:  # captured, never taken: say so rather than lose it
@@ -165,9 +160,7 @@ class LatestFrameCapture:
             if self._slot is not None:
                 c.dropped["stale"] += 1
             self._slot = Frame(c.captured, image, now, now_mono)
-            self._recent.append(now_mono)
-            if len(self._recent) > 256:
-                del self._recent[:128]
+            self._rate.tick(now_mono)
             self._new_frame.notify()
 
     def _mark_down(self, reason: str, failed_open: bool = False) -> None:
