@@ -5,6 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def strict_from_dict(cls: type[T], d: dict, what: str) -> T:
+    """Build a config dataclass from a dict, refusing unknown keys: a typo in a saved
+    config or a checkpoint from another version fails with the key's name."""
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}")
+    return cls(**d)
 
 
 @dataclass
@@ -58,11 +70,7 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"fit config: unknown field(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "fit config")
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -12,11 +12,13 @@ feature maps, so the widths of the shallow levels dominate speed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from train.config import strict_from_dict
 
 STRIDE = 32  # total downsampling of the encoder; inputs are padded to a multiple of this
 
@@ -52,11 +54,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"model config: unknown field(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "model config")
 
     def to_dict(self) -> dict:
         return asdict(self)

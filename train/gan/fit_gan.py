@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from train.config import strict_from_dict
 from train.gan.discriminator import PatchDiscriminator
 from train.gan.generator import GeneratorConfig, InpaintGenerator, composite
 from train.gan.losses import d_adversarial, feature_matching, g_adversarial, masked_l1, r1_penalty
@@ -76,11 +77,7 @@ class GanConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GanConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"gan config: unknown field(s) {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "gan config")
 
 
 def labelled_split(ds, *, seed: int, labelled_fraction: float, split=None, val_split="val", val_fraction=0.2):
