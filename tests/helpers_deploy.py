@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import yaml
-
 from helpers_onnx_model import build_dark_spot_model, write_strip_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +26,6 @@ DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.
 GRAFANA_VARIABLES = {"__rate_interval": "5s", "__interval": "1s", "__range": "1m", "instance": ".*"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 _NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- queries in the deploy files ---------------------------------------------
@@ -154,20 +144,6 @@ def start_service(model: Path, video: Path, port: int, run_dir: Path) -> subproc
          "--backend", "onnxruntime", "--threads", "1", "--port", str(port), "--out", str(run_dir),
          "--log-level", "warning"],
         stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_until(check, timeout_s: float, what: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError) as e:
-            last = e
-        time.sleep(interval_s)
-    raise TimeoutError(f"{what} not within {timeout_s} s (last error: {last})")
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 8.0) -> None:

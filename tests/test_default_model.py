@@ -9,8 +9,9 @@ import time
 
 import httpx
 import pytest
+from helpers_deploy import stop_process
+from helpers_net import free_port, wait_until
 
-from helpers_deploy import free_port, stop_process, wait_until
 from inspect_edge.backends import open_backend
 from inspect_edge.config import DEFAULT_MODEL
 from inspect_edge.data.synthetic import SYNTH_CLASSES

@@ -19,11 +19,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-
+from helpers_net import free_port, wait_until
 from helpers_onnx_model import build_dark_spot_model, write_strip_video
+
 from inspect_edge.config import ServiceConfig
 from inspect_edge.server.app import InspectionServer, create_app
-from test_service import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 CHROMIUM = shutil.which("chromium")

@@ -21,9 +21,10 @@ import httpx
 import pytest
 import yaml
 
-from helpers_deploy import (GRAFANA_VARIABLES, ROOT, TEST_RANGES, RULE_FILES, dashboard_targets, free_port, make_inputs, prometheus_config_for_test,
-                            rules, start_service, stop_process, substitute_grafana_variables, wait_until,
+from helpers_deploy import (GRAFANA_VARIABLES, ROOT, TEST_RANGES, RULE_FILES, dashboard_targets, make_inputs, prometheus_config_for_test,
+                            rules, start_service, stop_process, substitute_grafana_variables,
                             watched_series, with_short_windows)
+from helpers_net import free_port, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,20 +19,15 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from helpers_mjpeg import FlakyMjpegCamera
+from helpers_net import free_port, wait_until
+from helpers_onnx_model import build_dark_spot_model, write_strip_video
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers_mjpeg import FlakyMjpegCamera
-from helpers_onnx_model import build_dark_spot_model, write_strip_video
 from inspect_edge.config import ServiceConfig
 from inspect_edge.server.app import InspectionServer, create_app
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +40,6 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     return write_strip_video(tmp_path_factory.mktemp("video") / "strip.avi", 50, fps=25)
-
-
-def wait_until(fn, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            last = fn()
-            if last:
-                return last
-        except httpx.HTTPError as e:
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 class ServiceProcess:
