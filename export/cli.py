@@ -118,7 +118,8 @@ def engine_command(
     """Build a TensorRT engine on this device (sidecar JSON beside it), then check it against ONNX Runtime."""
     import numpy as np
 
-    from export.parity import compare_logits, normalise, pick_images
+    from export.parity import compare_logits, pick_images
+    from inspect_edge.preprocess import normalise
     from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
     from inspect_edge.backends.tensorrt_backend import TensorRTBackend
     from inspect_edge.backends.tensorrt_build import BuildOptions, build_engine, sidecar_path

@@ -143,7 +143,8 @@ def pytorch_vs_onnxruntime(model: torch.nn.Module, onnx_path: str | Path, images
     """Parity of `onnx_path` (on ONNX Runtime, CPU, read through the service's own backend) against `model`."""
     import numpy as np
 
-    from export.parity import compare_logits, normalise
+    from export.parity import compare_logits
+    from inspect_edge.preprocess import normalise
     from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
     from train.predict import predict_logits
 

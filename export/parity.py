@@ -75,12 +75,6 @@ class ParityReport:
         return out
 
 
-def normalise(images_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """(N, H, W) uint8 -> (N, C, H, W) float32 per the ModelInfo contract."""
-    x = (images_u8.astype(np.float32) / 255.0 - info.mean) / info.std
-    return np.repeat(x[:, None], info.input_channels, axis=1)
-
-
 def compare_logits(ref: np.ndarray, cand: np.ndarray, info: ModelInfo, *, reference: str, candidate: str,
                    tolerance: Tolerance | None = None) -> ParityReport:
     """Compare (N, K, H, W) logits from two runtimes for the same images."""

@@ -26,6 +26,14 @@ from inspect_edge.model_info import ModelInfo
 FitMode = Literal["tile", "resize"]
 
 
+def normalise(images_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(N, H, W) uint8 -> (N, C, H, W) float32 per the ModelInfo contract: what training,
+    export parity and the bench feed a model. (The service's Preprocessor does the same
+    arithmetic in place into a reused buffer.)"""
+    x = (np.asarray(images_u8).astype(np.float32) / 255.0 - info.mean) / info.std
+    return np.repeat(x[:, None], info.input_channels, axis=1)
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size `tile` covering `length`, evenly spread, overlapping >= `overlap`."""
     if length <= tile:

@@ -15,11 +15,6 @@ from torch.utils.data import Dataset
 from inspect_edge.data import SteelDataset
 
 
-def normalise(images_u8: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """uint8 -> float32 `(u/255 - mean)/std`, the ModelInfo pre-processing contract."""
-    return ((images_u8.astype(np.float32) / 255.0) - mean) / std
-
-
 def seeded_subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
     """A fixed, sorted selection of round(fraction*n) indices (at least one)."""
     keep = max(1, int(round(n * fraction)))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from inspect_edge.model_info import ModelInfo
-from train.datasets import normalise
+from inspect_edge.preprocess import normalise
 
 
 def _batches_by_shape(images: Sequence[np.ndarray], batch_size: int) -> Iterable[list[int]]:
@@ -52,9 +52,7 @@ def predict_logits(
     out = np.empty((len(images), info.num_classes, h, w), np.float32)
     with torch.no_grad():
         for idx in _batches_by_shape(images, batch_size):
-            x = normalise(np.stack([images[i] for i in idx]), info.mean, info.std)[:, None]
-            if info.input_channels != 1:
-                x = np.repeat(x, info.input_channels, axis=1)
+            x = normalise(np.stack([images[i] for i in idx]), info)
             y = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
             out[idx] = y
     return out
