@@ -26,12 +26,31 @@ from inspect_edge.model_info import ModelInfo
 FitMode = Literal["tile", "resize"]
 
 
+def normalise_unit(images01: np.ndarray, mean: float, std: float, channels: int = 1) -> np.ndarray:
+    """(..., H, W) grey levels already scaled to [0, 1] -> float32 (x - mean) / std with a
+    channel axis of `channels` inserted before (H, W). The one formula of the ModelInfo
+    contract: training crops (after jitter), feature nets and `normalise` all use it."""
+    x = (np.asarray(images01, np.float32) - np.float32(mean)) / np.float32(std)
+    return np.repeat(np.expand_dims(x, -3), channels, axis=-3)
+
+
 def normalise(images_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
     """(N, H, W) uint8 -> (N, C, H, W) float32 per the ModelInfo contract: what training,
     export parity and the bench feed a model. (The service's Preprocessor does the same
     arithmetic in place into a reused buffer.)"""
-    x = (np.asarray(images_u8).astype(np.float32) / 255.0 - info.mean) / info.std
-    return np.repeat(x[:, None], info.input_channels, axis=1)
+    return normalise_unit(np.asarray(images_u8).astype(np.float32) / 255.0, info.mean, info.std, info.input_channels)
+
+
+def pad_bottom_right(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Grow a (H, W) frame to at least (height, width) by replicating its last row and
+    column: the one padding of the project (a constant border reads as a dark or bright
+    defect along the edge). Training crops, the edge pre-processing and the model's own
+    padding to a multiple of 32 all pad this way."""
+    h, w = image.shape[:2]
+    ph, pw = max(0, height - h), max(0, width - w)
+    if not (ph or pw):
+        return image
+    return np.pad(image, ((0, ph), (0, pw)) + ((0, 0),) * (image.ndim - 2), mode="edge")
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -100,10 +119,8 @@ class Preprocessor:
         if plan.fit == "resize":
             src = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_AREA)
         else:
-            h, w = gray.shape
             ph, pw = plan.padded_shape
-            src = gray if (ph, pw) == (h, w) else cv2.copyMakeBorder(
-                gray, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+            src = pad_bottom_right(gray, ph, pw)
         i = 0
         for y in plan.ys:
             for x in plan.xs:

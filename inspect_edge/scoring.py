@@ -7,7 +7,9 @@
   images where the class is present in truth (how well defects are outlined, without the
   easy empty pairs).
 - IoU per class is data-set level: total intersection / total union over all images
-  (None when the class appears in neither truth nor prediction).
+  (None when the class appears in neither truth nor prediction). `mean_iou` averages the
+  defect classes; `miou_incl_background` adds background (pixels of no class) as one
+  more class, the figure NEU-Seg papers publish.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class DiceAccumulator:
         self._present: list[np.ndarray] = []  # (K,) bool per image
         self.inter = np.zeros(self.k, np.int64)
         self.union = np.zeros(self.k, np.int64)
+        self.bg_inter = self.bg_union = 0  # background: pixels with no class, in truth / prediction
 
     def update(self, pred: np.ndarray, true: np.ndarray) -> None:
         """pred/true bool (K, H, W) for one image, or (N, K, H, W) for a batch."""
@@ -55,6 +58,9 @@ class DiceAccumulator:
         self._present.extend(ts > 0)
         self.inter += inter.sum(axis=0)
         self.union += (denom - inter).sum(axis=0)
+        p_bg, t_bg = ~p.any(axis=1), ~t.any(axis=1)
+        self.bg_inter += int(np.logical_and(p_bg, t_bg).sum())
+        self.bg_union += int(np.logical_or(p_bg, t_bg).sum())
 
     @property
     def n_images(self) -> int:
@@ -70,6 +76,7 @@ class DiceAccumulator:
         per_class = dice.mean(axis=0) if n else np.full(self.k, np.nan)
         iou = [float(i / u) if u else None for i, u in zip(self.inter, self.union)]
         defined = [v for v in iou if v is not None]
+        bg_iou = float(self.bg_inter / self.bg_union) if self.bg_union else None
         return {
             "competition_dice": float(dice.mean()) if n else None,
             "per_class_dice": {c: float(v) if n else None for c, v in zip(names, per_class)},
@@ -78,7 +85,10 @@ class DiceAccumulator:
                 for j, c in enumerate(names)
             },
             "per_class_iou": dict(zip(names, iou)),
-            "mean_iou": float(np.mean(defined)) if defined else None,
+            "mean_iou": float(np.mean(defined)) if defined else None,  # defect classes only
+            "background_iou": bg_iou,
+            # What NEU-Seg papers publish as mIoU: background counted as one more class.
+            "miou_incl_background": float(np.mean(defined + [bg_iou])) if bg_iou is not None else None,
             "n_images": n,
         }
 

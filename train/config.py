@@ -47,6 +47,8 @@ class FitConfig:
     defect_crop_prob: float = 0.5  # share of crops placed over a defect (rare classes get seen)
     val_every: int = 1
     threads: int | None = None  # torch CPU threads per process; None leaves torch's default
+    synthetic_data: str | None = None  # a data set of synthetic pairs added on top of every real batch
+    synthetic_per_batch: int = 0  # synthetic crops per step, on top of batch_size real ones
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +62,8 @@ class FitConfig:
             (self.time_budget_min is None or self.time_budget_min > 0, "time_budget_min must be > 0"),
             (0.0 <= self.defect_crop_prob <= 1.0, f"defect_crop_prob must be in [0, 1], got {self.defect_crop_prob}"),
             (self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
+            (self.synthetic_per_batch >= 0, f"synthetic_per_batch must be >= 0, got {self.synthetic_per_batch}"),
+            (not (self.synthetic_per_batch and not self.synthetic_data), "synthetic_per_batch needs synthetic_data"),
         ]
         for ok, message in checks:
             if not ok:

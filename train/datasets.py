@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from inspect_edge.data import SteelDataset
+from inspect_edge.preprocess import normalise_unit, pad_bottom_right
 
 
 def seeded_subset_indices(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -45,8 +46,8 @@ def split_train_val(
 class CropDataset(Dataset):
     """Training samples: random (crop_h, crop_w) windows, flips, brightness/contrast jitter.
 
-    Frames smaller than the crop are padded (image with the mean grey, masks with
-    background), so every item in a batch has the same shape.
+    Frames smaller than the crop are padded as the edge pads them (replicated edge
+    pixels; masks with background), so every item in a batch has the same shape.
     """
 
     def __init__(
@@ -76,14 +77,12 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         s = self.ds[i]
-        img = s.image.astype(np.float32) / 255.0
         masks = s.masks
         ch, cw = self.crop
-        h, w = img.shape
-        if h < ch or w < cw:  # pad up to the crop
-            ph, pw = max(0, ch - h), max(0, cw - w)
-            img = np.pad(img, ((0, ph), (0, pw)), constant_values=self.mean)
-            masks = np.pad(masks, ((0, 0), (0, ph), (0, pw)))
+        h, w = s.image.shape
+        img = pad_bottom_right(s.image, ch, cw).astype(np.float32) / 255.0
+        if h < ch or w < cw:
+            masks = np.pad(masks, ((0, 0), (0, max(0, ch - h)), (0, max(0, cw - w))))
             h, w = img.shape
         y0 = int(rng.integers(0, h - ch + 1))
         x0 = int(rng.integers(0, w - cw + 1))
@@ -107,19 +106,49 @@ class CropDataset(Dataset):
             brightness = rng.uniform(-self.jitter, self.jitter) * 0.5
             m = img.mean()
             img = np.clip((img - m) * contrast + m + brightness, 0.0, 1.0)
-        x = (img - self.mean) / self.std
-        x = np.repeat(x[None], self.in_channels, axis=0)
+        x = normalise_unit(img, self.mean, self.std, self.in_channels)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(masks, dtype=np.float32)
         )
 
 
-def estimate_mean_std(ds: SteelDataset, max_images: int = 64) -> tuple[float, float]:
-    """Grey-level mean/std over the first images (rounded: they travel in ModelInfo)."""
-    vals = []
-    for i in range(min(len(ds), max_images)):
-        img = ds[i].image.astype(np.float32) / 255.0
-        vals.append((img.mean(), (img**2).mean()))
-    m = float(np.mean([v[0] for v in vals]))
-    var = float(np.mean([v[1] for v in vals])) - m * m
-    return round(m, 4), round(max(float(np.sqrt(max(var, 0.0))), 1e-3), 4)
+class SyntheticTopUp:
+    """Synthetic pairs added on top of every real batch: `per_batch` crops a step, drawn
+    from a seeded shuffle of the synthetic set by (seed, epoch), so the real images are
+    seen exactly as often as without them (an arm with synthetic data isolates the data,
+    not the number of real passes) and a run is reproducible."""
+
+    def __init__(self, crops: CropDataset, per_batch: int, seed: int) -> None:
+        if len(crops) == 0:
+            raise ValueError(f"{crops.ds.root}: no synthetic images to add to the batches")
+        self.crops, self.per_batch, self.seed = crops, per_batch, seed
+        self._epoch, self._order = -1, np.zeros(0, np.int64)
+
+    def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch, 11]).permutation(len(self.crops))
+            self.crops.set_epoch(epoch)
+        n = len(self._order)
+        items = [self.crops[int(self._order[(step * self.per_batch + j) % n])] for j in range(self.per_batch)]
+        return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
+def estimate_mean_std(ds: SteelDataset, max_images: int = 256, seed: int = 0) -> tuple[float, float]:
+    """Grey-level mean/std over a seeded random sample of up to `max_images` images drawn
+    from the whole set (rounded: they travel in ModelInfo).
+
+    Not the first images by id: data sets are often sorted by class (NEU-Seg's first 64
+    are all inclusions, mean 0.368 / std 0.086 against 0.443 / 0.203 over all 3129)."""
+    n = len(ds)
+    if n == 0:
+        raise ValueError(f"{ds.root}: no images to estimate the normalisation from")
+    idx = np.sort(np.random.default_rng([seed, 2718]).permutation(n)[: min(n, max_images)])
+    total = total_sq = count = 0.0
+    for i in idx:
+        img = ds[int(i)].image.astype(np.float64) / 255.0
+        total += img.sum()
+        total_sq += (img**2).sum()
+        count += img.size
+    m = total / count
+    var = total_sq / count - m * m
+    return round(float(m), 4), round(max(float(np.sqrt(max(var, 0.0))), 1e-3), 4)

@@ -96,7 +96,9 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, *, bat
         "per_class_iou": res["per_class_iou"],
         # Pixel-level Dice over the whole split, 2|P&T|/(|P|+|T|) (what NEU-Seg papers report): from the IoU.
         "per_class_dice_pixels": {c: (2 * v / (1 + v) if v is not None else None) for c, v in res["per_class_iou"].items()},
-        "mean_iou": res["mean_iou"],
+        "mean_iou": res["mean_iou"],  # defect classes only
+        "background_iou": res["background_iou"],
+        "miou_incl_background": res["miou_incl_background"],  # what NEU-Seg papers call mIoU
         "confusion": {
             "images_with_missed_defect": int(img_missed), "images_with_false_defect": int(img_false),
             "per_class": {c: {"images_present": int(present[i]), "missed": int(missed[i]), "false": int(false[i])}

@@ -28,7 +28,7 @@ from inspect_edge.scoring import DiceAccumulator
 from train.calibrate import calibrate
 from train.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from train.config import FitConfig
-from train.datasets import CropDataset, estimate_mean_std, seeded_subset_indices, split_train_val
+from train.datasets import CropDataset, SyntheticTopUp, estimate_mean_std, seeded_subset_indices, split_train_val
 from train.losses import BceDiceLoss
 from train.model import ModelConfig, build_model
 from train.plots import plot_curves, plot_mask_grid
@@ -168,6 +168,14 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_set = CropDataset(train_ds, crop, mean, std, seed=cfg.seed, flip=cfg.flip, jitter=cfg.jitter,
                             in_channels=cfg.in_channels, defect_crop_prob=cfg.defect_crop_prob)
+    top_up = None
+    if cfg.synthetic_data and cfg.synthetic_per_batch:
+        syn_crops = CropDataset(open_dataset(cfg.synthetic_data), crop, mean, std, seed=cfg.seed + 1, flip=cfg.flip,
+                                jitter=cfg.jitter, in_channels=cfg.in_channels, defect_crop_prob=cfg.defect_crop_prob)
+        top_up = SyntheticTopUp(syn_crops, cfg.synthetic_per_batch, cfg.seed + d.rank)
+        if d.main:
+            log.info("synthetic pairs %s: %d images, %d on top of each batch of %d real", cfg.synthetic_data,
+                     len(syn_crops), cfg.synthetic_per_batch, cfg.batch_size)
     per_rank = len(epoch_order(len(train_ds), cfg.seed, 0, d.rank, d.world))
     steps_per_epoch = max(1, per_rank // cfg.batch_size) if per_rank >= cfg.batch_size else 1
     sched = {"step": 0, "warmup": max(1, min(steps_per_epoch, round(cfg.warmup_fraction * cfg.epochs * steps_per_epoch))),
@@ -224,6 +232,9 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
         net.train()
         losses = []
         for x, y in loader:
+            if top_up is not None:
+                xs, ys = top_up.batch(epoch, len(losses))
+                x, y = torch.cat([x, xs]), torch.cat([y, ys])
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(sched["step"], sched["warmup"], sched["total"])
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)

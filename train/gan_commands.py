@@ -1,5 +1,6 @@
-"""`train gan`, `train synthesize`, `train augment-and-fit`: flags map onto the GAN stage's
-configs (GanConfig, SynthConfig, AugmentConfig); torch is imported inside the commands."""
+"""`train gan`, `train synthesize`, `train augment-and-fit`, `train label-curve`: flags map
+onto the GAN stage's configs (GanConfig, SynthConfig, AugmentConfig, StudyConfig); torch is
+imported inside the commands."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+
+def _numbers(text: str, kind, what: str) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -114,3 +122,44 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
         run(cfg)
+
+    @app.command("label-curve")
+    def label_curve(
+        data: Path = typer.Option(..., "--data", help="Data set with train and val splits (e.g. NEU-Seg)."),
+        out: Path = typer.Option(..., "--out", help="Study folder: cells/, runs/, gan/, synthetic/, report.md, report.json."),
+        fractions: str = typer.Option("0.05,0.1,0.02", "--fractions", help="Labelled fractions, run in this order (nested subsets)."),
+        seeds: str = typer.Option("0,1,2", "--seeds", help="Segmenter seeds per (fraction, arm)."),
+        arms: str = typer.Option("real,copy-paste,gan,gan-blend", "--arms", help="Arms; 'real' is required (the paired baseline)."),
+        ceiling: bool = typer.Option(True, "--ceiling/--no-ceiling", help="Also real-only on all training labels."),
+        real_steps: int = typer.Option(800, "--real-steps", help="Steps of real batches per cell (same for every arm)."),
+        ceiling_epochs: int = typer.Option(3, "--ceiling-epochs"),
+        synthetic_per_batch: int = typer.Option(4, "--synthetic-per-batch", help="Synthetic crops added on top of each real batch."),
+        count: int = typer.Option(300, "--count", help="Synthetic pairs per fraction and painter."),
+        gan_minutes: float = typer.Option(6.0, "--gan-minutes", help="GAN training minutes per fraction."),
+        fit_val_images: int = typer.Option(150, "--fit-val-images", help="Held-out images the segmenter calibrates on; 0 = all."),
+        size: str = typer.Option("nano", "--size"),
+        threads: Optional[int] = typer.Option(2, "--threads"),
+        device: str = typer.Option("auto", "--device"),
+        report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from the cells done so far."),
+    ) -> None:
+        """The label-efficiency study: real-only vs copy-paste vs GAN vs hybrid at several labelled fractions and seeds."""
+        from train.gan.label_curve import StudyConfig, run_study
+        from train.gan.label_curve_report import write_study_report
+
+        if report_only:
+            if not (out / "study_config.json").is_file():
+                raise typer.BadParameter(f"{out}: no study_config.json (no study was started there)")
+            r = write_study_report(out)
+        else:
+            try:
+                cfg = StudyConfig(
+                    data=str(data), out=str(out), fractions=_numbers(fractions, float, "--fractions"), seeds=_numbers(seeds, int, "--seeds"),
+                    arms=tuple(a.strip() for a in arms.split(",") if a.strip()), ceiling=ceiling, real_steps=real_steps,
+                    ceiling_epochs=ceiling_epochs, synthetic_per_batch=synthetic_per_batch, count=count, gan_minutes=gan_minutes,
+                    fit_val_images=fit_val_images, size=size, threads=threads, device=device,
+                )
+                r = run_study(cfg)
+            except ValueError as e:
+                raise typer.BadParameter(str(e)) from None
+        goal = "met" if r["verdict"]["goal_met"] else "NOT met"
+        typer.echo(f"{out / 'report.md'}: {r['cells_done']} cells; goal {goal}; best method {r['best_method']} ({r['best_method_why']})")

@@ -19,9 +19,9 @@ import torch
 from train.config import strict_from_dict
 from train.gan.discriminator import PatchDiscriminator
 from train.gan.generator import GeneratorConfig, InpaintGenerator, composite
-from train.gan.losses import d_adversarial, feature_matching, g_adversarial, masked_l1, r1_penalty
+from train.gan.losses import d_adversarial, feature_matching, focal_frequency, g_adversarial, masked_l1, mode_seeking, r1_penalty
 from train.gan.pairs import Pair, PairConfig, PairSampler, to_tensors, to_uint8
-from train.gan.quality import FeatureNet, measure
+from train.gan.quality import FeatureNet, fill_diversity, measure
 from train.gan.report import gan_sample_grid
 from train.gan.shape_bank import load_labelled
 
@@ -40,6 +40,9 @@ class GanConfig:
     lr_d: float = 5e-4
     base: int = 16
     ffc_blocks: int = 4
+    noise_channels: int = 4  # 0: one mask gives one fill (the pre-study generator)
+    ffl_weight: float = 100.0  # focal frequency loss on the hole (texture); 0 turns it off
+    ms_weight: float = 1.0  # mode-seeking diversity term; needs noise_channels > 0
     d_base: int = 32
     l1_weight: float = 10.0
     fm_weight: float = 5.0
@@ -71,6 +74,8 @@ class GanConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.feature_net == "segmenter" and not self.segmenter_run:
             raise ValueError("feature_net 'segmenter' needs segmenter_run")
+        if self.ms_weight > 0 and (self.noise_channels < 1 or self.batch_size < 2):
+            raise ValueError("ms_weight > 0 needs noise_channels >= 1 and batch_size >= 2 (pairs are drawn twice)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,15 +104,17 @@ def pick_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def paint(generator: InpaintGenerator, pairs: list[Pair], num_classes: int, batch: int = 16) -> list[np.ndarray]:
-    """Composited uint8 crops: generated inside each hole, the input's exact pixels outside."""
+def paint(generator: InpaintGenerator, pairs: list[Pair], num_classes: int, batch: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """Composited uint8 crops: generated inside each hole, the input's exact pixels outside.
+    A stochastic generator draws its noise from `seed`, so a measurement repeats exactly."""
     generator.eval()
     device = next(generator.parameters()).device
+    noise_rng = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
         real, hole, cmap = (t.to(device) for t in to_tensors(chunk, num_classes))
-        gen = to_uint8(generator(real * (1 - hole), hole, cmap))
+        gen = to_uint8(generator(real * (1 - hole), hole, cmap, generator.noise_like(hole, noise_rng)))
         for p, g in zip(chunk, gen):
             out.append(np.where(p.hole, g, p.image))
     return out
@@ -197,7 +204,8 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
         f"held-out {len(eval_pairs)} pairs from {len(held_ds)} images ({how}); device {device}"
     )
 
-    gen = InpaintGenerator(GeneratorConfig(num_classes=k, base=cfg.base, ffc_blocks=cfg.ffc_blocks)).to(device)
+    gen = InpaintGenerator(GeneratorConfig(num_classes=k, base=cfg.base, ffc_blocks=cfg.ffc_blocks,
+                                           noise_channels=cfg.noise_channels)).to(device)
     disc = PatchDiscriminator(k, cfg.d_base).to(device)
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
@@ -245,10 +253,16 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
                 stopped = "time budget"
                 break
             gen.train()
-            real, hole, cmap = (t.to(device) for t in to_tensors([sampler.sample(rng) for _ in range(cfg.batch_size)], k))
+            if cfg.ms_weight > 0:  # each pair twice, with two noise codes: the mode-seeking term compares them
+                half = [sampler.sample(rng) for _ in range(cfg.batch_size // 2)]
+                batch_pairs = half + half
+            else:
+                batch_pairs = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+            real, hole, cmap = (t.to(device) for t in to_tensors(batch_pairs, k))
+            z = gen.noise_like(hole)
             # Discriminator step.
             disc.requires_grad_(True)
-            raw = gen(real * (1 - hole), hole, cmap)
+            raw = gen(real * (1 - hole), hole, cmap, z)
             fake = composite(raw, real, hole)
             d_real, feats_real = disc(real, hole, cmap)
             feats_real = [f.detach() for f in feats_real]  # reused for feature matching: one D pass fewer
@@ -270,13 +284,22 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
             l1 = masked_l1(raw, real, hole)
             fm = feature_matching(feats_fake, feats_real)
             loss_g = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.fm_weight * fm
+            ffl = ms = torch.zeros((), device=device)
+            if cfg.ffl_weight > 0:
+                ffl = focal_frequency(raw, real, hole)
+                loss_g = loss_g + cfg.ffl_weight * ffl
+            if cfg.ms_weight > 0:
+                h2 = len(half)
+                ms = mode_seeking(raw[:h2], raw[h2:], z[:h2], z[h2:], hole[:h2])
+                loss_g = loss_g + cfg.ms_weight * ms
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
             # EMA warms up: early on a 0.999 average would mostly remember the random init.
             _ema_update(ema, gen, min(cfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            rec = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), "adv": adv.item(), "l1": l1.item(), "fm": fm.item(), "r1": r1.item()}
+            rec = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), "adv": adv.item(), "l1": l1.item(), "fm": fm.item(), "r1": r1.item(),
+                   "ffl": ffl.item(), "ms": ms.item()}
             history.append(rec)
             progress.update(task, completed=step, losses=f"D {rec['loss_d']:.3f} G {rec['loss_g']:.3f} L1 {rec['l1']:.3f}")
             if step % cfg.sample_every == 0:
@@ -289,6 +312,8 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
 
     features = FeatureNet(cfg.feature_net, cfg.segmenter_run, seed=0)
     metrics = measure(eval_pairs, paint(ema, eval_pairs, k), features) if eval_pairs else {"pairs": 0}
+    if eval_pairs:
+        metrics["gan"]["fill_diversity"] = fill_diversity(paint(ema, eval_pairs, k, seed=0), paint(ema, eval_pairs, k, seed=1), eval_pairs)
     metrics.update({
         "steps": step, "stopped_by": stopped, "train_seconds": round(time.monotonic() - t0, 1),
         "labelled_images": len(labelled), "held_out_images": len(held_ds), "split": how,

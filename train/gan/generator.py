@@ -1,8 +1,9 @@
 """Mask-conditioned inpainting generator with Fourier-convolution residual blocks.
 
 Input: the real crop with the hole blanked (zero in [-1, 1] units = mid grey), the
-binary hole mask and a one-hot class map (channel 0 clean steel, k+1 defect class k)
-saying what to paint where. Output: the full crop; `composite` then keeps every pixel
+binary hole mask, a one-hot class map (channel 0 clean steel, k+1 defect class k)
+saying what to paint where and, with `noise_channels`, per-pixel noise inside the hole,
+so one mask gets many different fills instead of the average texture. Output: the full crop; `composite` then keeps every pixel
 outside the hole bit-exact.
 
 Why Fourier convolutions (as in LaMa): a 1x1 convolution on the 2-D spectrum mixes
@@ -26,6 +27,7 @@ class GeneratorConfig:
     base: int = 16  # channels after the stem; doubled at each of the 3 downsamplings
     ffc_blocks: int = 4
     global_ratio: float = 0.75  # share of bottleneck channels on the spectral (global) path
+    noise_channels: int = 0  # per-pixel noise maps inside the hole: one mask, many fills (0 = deterministic)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +117,7 @@ class InpaintGenerator(nn.Module):
         super().__init__()
         self.cfg = cfg
         b, m = cfg.base, cfg.map_channels
-        self.stem = _conv(2 + m, b, k=7)
+        self.stem = _conv(2 + m + cfg.noise_channels, b, k=7)
         self.down = nn.ModuleList([_conv(b, 2 * b, stride=2), _conv(2 * b, 4 * b, stride=2), _conv(4 * b, 8 * b, stride=2)])
         self.blocks = nn.Sequential(*[FFCResBlock(8 * b, cfg.global_ratio) for _ in range(cfg.ffc_blocks)])
         # Each decoder level sees the class map again at its own resolution, so thin
@@ -123,13 +125,27 @@ class InpaintGenerator(nn.Module):
         self.up = nn.ModuleList([_conv(8 * b + m, 4 * b), _conv(4 * b + m, 2 * b), _conv(2 * b + m, b)])
         self.head = nn.Conv2d(b + m, 1, 7, padding=3, padding_mode="reflect")
 
-    def forward(self, masked: torch.Tensor, hole: torch.Tensor, class_map: torch.Tensor) -> torch.Tensor:
-        """masked, hole: (N, 1, H, W); class_map: (N, K+1, H, W); H, W multiples of 8.
+    def noise_like(self, hole: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """A fresh noise code for these holes (None for a deterministic generator)."""
+        if not self.cfg.noise_channels:
+            return None
+        n, _, h, w = hole.shape
+        return torch.randn((n, self.cfg.noise_channels, h, w), generator=generator).to(hole.device)
+
+    def forward(self, masked: torch.Tensor, hole: torch.Tensor, class_map: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """masked, hole: (N, 1, H, W); class_map: (N, K+1, H, W); H, W multiples of 8;
+        noise: (N, noise_channels, H, W) or None for a fresh draw.
         Returns the raw generated crop in [-1, 1] (use `composite` before using it)."""
         h, w = masked.shape[-2:]
         if h % self.input_multiple or w % self.input_multiple:
             raise ValueError(f"generator input {h}x{w}: height and width must be multiples of {self.input_multiple}")
-        x = self.stem(torch.cat([masked, hole, class_map], dim=1))
+        parts = [masked, hole, class_map]
+        if self.cfg.noise_channels:
+            # Noise only inside the hole: outside it the real pixels already say everything,
+            # and a code there would let the net learn to ignore it.
+            parts.append((self.noise_like(hole) if noise is None else noise) * hole)
+        x = self.stem(torch.cat(parts, dim=1))
         for d in self.down:
             x = d(x)
         x = self.blocks(x)

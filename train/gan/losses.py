@@ -1,4 +1,5 @@
-"""GAN losses: non-saturating adversarial, R1 penalty, masked L1, feature matching."""
+"""GAN losses: non-saturating adversarial, R1 penalty, masked L1, feature matching, and
+two against "grey blobs": focal frequency (texture) and mode seeking (diversity)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,28 @@ def feature_matching(fake_feats: list[torch.Tensor], real_feats: list[torch.Tens
     """L1 between discriminator features of fake and (detached) real images, averaged over layers."""
     losses = [F.l1_loss(f, r.detach()) for f, r in zip(fake_feats, real_feats)]
     return torch.stack(losses).mean()
+
+
+def focal_frequency(generated: torch.Tensor, real: torch.Tensor, hole: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Focal frequency loss (Jiang et al. 2021) on the hole: the spectra of the hole's
+    content, generated vs real, compared frequency by frequency, each frequency weighted by
+    how wrong it is (normalised, not differentiated). L1 alone is minimised by the blurry
+    mean; this makes the missing high frequencies (scale, pits, streaks) cost."""
+    fg = torch.fft.fft2((generated * hole).float(), norm="ortho")
+    fr = torch.fft.fft2((real * hole).float(), norm="ortho")
+    dist = (fg - fr).abs() ** 2
+    with torch.no_grad():
+        w = dist.sqrt() ** alpha
+        w = w / w.flatten(1).amax(1).clamp_min(1e-8)[:, None, None, None]
+    return (w * dist).mean()
+
+
+def mode_seeking(out_a: torch.Tensor, out_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, hole: torch.Tensor,
+                 eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking term (Mao et al. 2019): two noise codes for the same input should give
+    fills that differ about as much as the codes do. Returns 1 / (image distance in the hole
+    / code distance), which falls as the fills diverge."""
+    hole_px = hole.flatten(1).sum(1).clamp_min(1.0)
+    d_img = ((out_a - out_b).abs() * hole).flatten(1).sum(1) / hole_px
+    d_z = ((z_a - z_b).abs() * hole).flatten(1).sum(1) / (hole_px * z_a.shape[1])
+    return (1.0 / (d_img / d_z.clamp_min(eps) + eps)).mean()

@@ -90,13 +90,45 @@ class FeatureNet:
         """uint8 (N, h, w) -> float64 (N, D): per-layer channel means and standard deviations."""
         import torch
 
-        x = torch.from_numpy((crops.astype(np.float32) / 255.0 - self.mean) / self.std)[:, None]
+        from inspect_edge.preprocess import normalise_unit
+
+        x = torch.from_numpy(normalise_unit(crops.astype(np.float32) / 255.0, self.mean, self.std))
         feats = []
         with torch.no_grad():
             for layer in self.layers:
                 x = layer(x)
                 feats += [x.mean((2, 3)), x.std((2, 3))]
         return torch.cat(feats, 1).double().numpy()
+
+
+def hf_energy(image: np.ndarray, hole: np.ndarray) -> float:
+    """Mean squared high-pass residual (image minus a 5x5 Gaussian blur, grey levels / 255)
+    over the hole: how much fine texture a fill carries. A smooth "grey blob" scores near 0."""
+    x = image.astype(np.float32) / 255.0
+    r = x - cv2.GaussianBlur(x, (5, 5), 1.0)
+    return float(np.mean(r[hole] ** 2)) if hole.any() else 0.0
+
+
+def hole_class(pair: Pair) -> int:
+    """The label painted in most of the hole (0 clean steel, k+1 defect class k)."""
+    counts = np.bincount(pair.labels[pair.hole].ravel(), minlength=1)
+    return int(counts.argmax())
+
+
+def texture_ratio(images: list[np.ndarray], pairs: list[Pair]) -> dict:
+    """High-frequency energy inside holes, generated / real: overall and per hole class
+    (label value as key). 1.0 is real texture; below 1 smoother than steel."""
+    gen = np.array([hf_energy(g, p.hole) for g, p in zip(images, pairs)])
+    real = np.array([hf_energy(p.image, p.hole) for p in pairs])
+    cls = np.array([hole_class(p) for p in pairs])
+    per = {str(int(c)): float(gen[cls == c].sum() / max(real[cls == c].sum(), 1e-12)) for c in np.unique(cls)}
+    return {"all": float(gen.sum() / max(real.sum(), 1e-12)), "per_label": per}
+
+
+def fill_diversity(draw_a: list[np.ndarray], draw_b: list[np.ndarray], pairs: list[Pair]) -> float:
+    """Mean |difference| (grey levels / 255) inside the holes between two fills of the same
+    masks: 0 for a deterministic generator."""
+    return float(np.mean([np.abs(a[p.hole].astype(np.float64) - b[p.hole]).mean() / 255.0 for a, b, p in zip(draw_a, draw_b, pairs)]))
 
 
 def telea_fill(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -119,6 +151,7 @@ def measure(pairs: list[Pair], generated: list[np.ndarray], features: FeatureNet
             "masked_l1": float(np.mean(l1)),
             "masked_psnr_db": float(np.mean([v for v in psnr if math.isfinite(v)] or [float("inf")])),
             "frechet_distance": frechet_distance(real_feats, features(crops)),
+            "hf_energy_ratio": texture_ratio(images, pairs),
         }
     return result
 

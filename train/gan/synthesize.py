@@ -8,8 +8,13 @@ not overlap existing defects. Then paint them:
 - `gan`: the inpainting generator paints the class into a hole = the new mask dilated
   by a few pixels (never over existing defects); pixels outside the hole keep their
   exact values;
-- `copy-paste`: the real defect's own pixels are pasted through its mask.
-Both methods draw the same shapes and placements from the same seed, so only the
+- `copy-paste`: the real defect's own pixels are pasted through its mask;
+- `gan-blend` (hybrid): the real defect's pixels are pasted, shifted to the brightness
+  of the new background around them, then the generator repaints a band across the
+  mask border (`blend_band` pixels inside, `hole_margin` outside): real texture in the
+  middle, generated transitions at the edge. Masks thinner than twice the band (fine
+  scratches) are repainted whole.
+Every method draws the same shapes and placements from the same seed, so only the
 painter differs. The output is a data set in the input's format plus manifest.json.
 """
 
@@ -21,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from train.gan.pairs import dilate, pad_to, window_around
+from train.gan.pairs import dilate, erode, pad_to, window_around
 from train.gan.shape_bank import LabelledImage, ShapeBank, TransformConfig, masks_from_labels, place_shape, transform_shape
 
-METHODS = ("gan", "copy-paste")
+METHODS = ("gan", "copy-paste", "gan-blend")
+PAINTED = ("gan", "gan-blend")  # methods that need a generator
 
 
 @dataclass
@@ -35,6 +41,7 @@ class SynthConfig:
     max_defects_per_image: int = 2
     crop: int = 128  # GAN crop (taken from the generator when there is one); also caps shape size
     hole_margin: int = 4  # GAN hole = new mask dilated by this many pixels
+    blend_band: int = 3  # gan-blend: pixels inside the mask border that the generator repaints
     scale_range: tuple[float, float] = (0.75, 1.25)
     max_rotation_deg: float = 10.0
     min_shape_area: int = 16
@@ -71,11 +78,14 @@ def _gan_job(image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before
     y0, x0 = window_around((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2, img_p.shape, c)
     win = (slice(y0, y0 + c), slice(x0, x0 + c))
     hole = dilate(new_p[win], cfg.hole_margin) & (before_p[win] == 0) & inside[win]
+    if cfg.method == "gan-blend":  # keep the pasted core: only the border band is repainted
+        hole &= ~erode(new_p[win], cfg.blend_band)
     return Pair(img_p[win], lab_p[win], hole, "", "synthetic"), (y0, x0)
 
 
-def _paint_batch(generator, jobs: list, num_classes: int, batch: int = 32) -> list[np.ndarray]:
-    """Generated uint8 crops for a list of Pairs, in batches (one forward per batch)."""
+def _paint_batch(generator, jobs: list, num_classes: int, noise_rng, batch: int = 32) -> list[np.ndarray]:
+    """Generated uint8 crops for a list of Pairs, in batches (one forward per batch); a
+    stochastic generator's noise comes from `noise_rng`, so synthesis repeats exactly."""
     import torch
 
     from train.gan.pairs import to_tensors, to_uint8
@@ -85,8 +95,16 @@ def _paint_batch(generator, jobs: list, num_classes: int, batch: int = 32) -> li
     with torch.no_grad():
         for i in range(0, len(jobs), batch):
             real, hole, cmap = (t.to(device) for t in to_tensors(jobs[i : i + batch], num_classes))
-            out.extend(to_uint8(generator(real * (1 - hole), hole, cmap)))
+            out.extend(to_uint8(generator(real * (1 - hole), hole, cmap, generator.noise_like(hole, noise_rng))))
     return out
+
+
+def paste_matched(region: np.ndarray, patch: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The defect's pixels shifted by the difference in background brightness between its
+    source (the patch around the mask) and its new place (the region around the mask)."""
+    src_bg, dst_bg = patch[~mask], region[~mask]
+    delta = float(dst_bg.mean()) - float(src_bg.mean()) if src_bg.size and dst_bg.size else 0.0
+    return np.clip(np.rint(patch.astype(np.float32) + delta), 0, 255).astype(np.uint8)
 
 
 def synthesize_samples(
@@ -101,8 +119,8 @@ def synthesize_samples(
         raise ValueError("no labelled backgrounds to synthesize on")
     if not bank.classes_present:
         raise ValueError("the shape bank is empty: the labelled data has no defect large enough to reuse")
-    if cfg.method == "gan" and generator is None:
-        raise ValueError("method 'gan' needs a generator (train one with `train gan`)")
+    if cfg.method in PAINTED and generator is None:
+        raise ValueError(f"method {cfg.method!r} needs a generator (train one with `train gan`)")
     clean = [b for b in backgrounds if not b.labels.any()]
     pool = clean or backgrounds
     rng = np.random.default_rng(cfg.seed)
@@ -126,10 +144,12 @@ def synthesize_samples(
             before = labels
             labels = labels.copy()
             labels[new_mask] = k + 1
-            if cfg.method == "copy-paste":
+            if cfg.method in ("copy-paste", "gan-blend"):
                 h, w = mask.shape
                 sub = new_mask[y : y + h, x : x + w]
-                image[y : y + h, x : x + w][sub] = patch[sub]
+                region = image[y : y + h, x : x + w]
+                src = paste_matched(region, patch, mask) if cfg.method == "gan-blend" else patch
+                region[sub] = src[sub]
             plan.append((new_mask, before, labels))
             defects.append({
                 "class": classes[k], "shape_source": shape.source_id, "component": int(shape.component),
@@ -140,11 +160,14 @@ def synthesize_samples(
                   "background_defect_free": not bg.labels.any(), "defects": defects}
         items.append(Synthetic(image_id, image, labels, record, (labels > 0) & (bg.labels == 0)))
         plans.append(plan)
-    if cfg.method == "gan":
+    if cfg.method in PAINTED:
+        import torch
+
+        noise_rng = torch.Generator().manual_seed(cfg.seed)
         for r in range(max((len(p) for p in plans), default=0)):
             todo = [(i, p[r]) for i, p in enumerate(plans) if len(p) > r]
             jobs = [_gan_job(items[i].image, after, new_mask, before, cfg) for i, (new_mask, before, after) in todo]
-            painted = _paint_batch(generator, [pair for pair, _ in jobs], len(classes))
+            painted = _paint_batch(generator, [pair for pair, _ in jobs], len(classes), noise_rng)
             for (i, _), (pair, (y0, x0)), gen in zip(todo, jobs, painted):
                 img = items[i].image
                 c = cfg.crop
@@ -184,8 +207,8 @@ def run_synthesize(data: str, out: str, count: int, method: str, generator_run: 
         if tuple(meta["classes"]) != classes:
             raise ValueError(f"{generator_run}: generator classes {meta['classes']} differ from {data}'s {list(classes)}")
         crop = int(meta["crop"])
-    elif method == "gan":
-        raise ValueError("--method gan needs --generator RUN (a `train gan` run folder)")
+    elif method in PAINTED:
+        raise ValueError(f"--method {method} needs --generator RUN (a `train gan` run folder)")
     cfg = SynthConfig(count=count, method=method, seed=seed, crop=crop, max_defects_per_image=max_defects_per_image)
     train_ds, _, how = labelled_split(ds, seed=seed, labelled_fraction=labelled_fraction)
     labelled = load_labelled(train_ds)

@@ -1,0 +1,248 @@
+"""`train label-curve`: does synthesis make scarce labels go further? The study that decides.
+
+For each labelled fraction (nested seeded subsets of the training split: the 2% images
+are inside the 5% set) one GAN is fitted on that fraction's labelled images only, and
+one set of synthetic pairs is drawn: the same shapes and placements for every painter
+(copy-paste, GAN, the gan-blend hybrid). Then, for every segmenter seed and arm, one
+segmenter is fitted and scored on the whole held-out split:
+
+- every arm of a fraction makes the same number of passes over the same real images
+  in the same order (same seed = same initialisation and real order); a synthetic arm
+  adds `synthetic_per_batch` synthetic crops on top of each batch of real ones;
+- thresholds and the kept epoch come from `train fit` on a seeded subset of the
+  held-out split (the same for every arm); the scores are on all of it.
+
+Every (fraction, arm, seed) cell is written to cells/ as it finishes and skipped on a
+re-run, so the study can be stopped and resumed at any point; GANs and synthetic sets
+are reused the same way. `label_curve_report` turns the cells into report.md/json and
+pictures, also from a partial study.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ARMS = ("real", "copy-paste", "gan", "gan-blend")
+ARM_TITLES = {"real": "real only", "copy-paste": "real + copy-paste", "gan": "real + GAN", "gan-blend": "real + GAN-blend (hybrid)"}
+CEILING = 1.0
+log = logging.getLogger("train.label_curve")
+
+
+@dataclass
+class StudyConfig:
+    data: str
+    out: str
+    fractions: tuple[float, ...] = (0.05, 0.10, 0.02)  # run in this order: the target fractions first
+    arms: tuple[str, ...] = ARMS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ceiling: bool = True  # also real-only on every training image, the same seeds
+    subset_seed: int = 0  # which images keep their labels (nested across fractions)
+    size: str = "nano"
+    real_steps: int = 800  # steps of `batch_size` real crops per cell: epochs = ceil(real_steps / steps per epoch)
+    ceiling_epochs: int = 3
+    batch_size: int = 8
+    synthetic_per_batch: int = 4  # on top of batch_size real crops: 1/3 of each batch is synthetic
+    count: int = 300  # synthetic pairs per fraction (per painter)
+    max_defects_per_image: int = 2
+    crop_height: int = 176
+    crop_width: int = 176
+    lr: float = 3e-3
+    defect_crop_prob: float = 0.0
+    fit_val_images: int = 150
+    gan_minutes: float = 6.0
+    gan_crop: int = 96
+    gan_base: int = 12
+    gan_batch_size: int = 8
+    gan_eval_pairs: int = 256
+    gan_options: dict = field(default_factory=dict)  # any other GanConfig field, e.g. {"ffl_weight": 0}
+    threads: int | None = 2
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.fractions, self.arms, self.seeds = tuple(self.fractions), tuple(self.arms), tuple(self.seeds)
+        bad = [a for a in self.arms if a not in ARMS]
+        if bad:
+            raise ValueError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
+        if "real" not in self.arms:
+            raise ValueError("arms must include 'real': every difference is paired against it")
+        if not self.fractions or any(not 0.0 < f < 1.0 for f in self.fractions):
+            raise ValueError(f"fractions must be in (0, 1), got {list(self.fractions)}")
+        if len(self.seeds) < 1 or self.real_steps < 1 or self.synthetic_per_batch < 1:
+            raise ValueError("need at least one seed, real_steps >= 1 and synthetic_per_batch >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fraction_tag(f: float) -> str:
+    return f"f{f:.3f}"
+
+
+def cell_path(out: Path, fraction: float, arm: str, seed: int) -> Path:
+    return out / "cells" / fraction_tag(fraction) / arm / f"seed{seed}.json"
+
+
+def nested_subsets(n: int, fractions, seed: int) -> dict[float, np.ndarray]:
+    """Sorted index sets, one per fraction, each a prefix of one seeded permutation, so a
+    smaller fraction's images are always inside a larger one's."""
+    perm = np.random.default_rng([seed, 31337]).permutation(n)
+    return {f: np.sort(perm[: max(1, int(round(n * f)))]) for f in fractions}
+
+
+def plan_cells(cfg: StudyConfig) -> list[tuple[float, str, int]]:
+    cells = [(f, arm, s) for f in cfg.fractions for s in cfg.seeds for arm in cfg.arms]
+    if cfg.ceiling:
+        cells += [(CEILING, "real", s) for s in cfg.seeds]
+    return cells
+
+
+class Study:
+    def __init__(self, cfg: StudyConfig, console) -> None:
+        from inspect_edge.data import open_dataset
+        from train.datasets import split_train_val
+
+        self.cfg, self.console, self.out = cfg, console, Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        ds = open_dataset(cfg.data)
+        self.classes = tuple(ds.classes)
+        self.train_ds, self.held_ds, self.how = split_train_val(ds, train_split=None, val_split="val", val_fraction=0.2, seed=0)
+        self.subsets = nested_subsets(len(self.train_ds), cfg.fractions, cfg.subset_seed)
+        self.subsets[CEILING] = np.arange(len(self.train_ds))
+        rng = np.random.default_rng([cfg.subset_seed, 1])
+        n_val = len(self.held_ds) if cfg.fit_val_images <= 0 else min(cfg.fit_val_images, len(self.held_ds))
+        self.fit_val = self.held_ds.subset(np.sort(rng.permutation(len(self.held_ds))[:n_val]).tolist())
+
+    # -- folders: real data per fraction, the scoring split, GANs and synthetic sets --
+    def eval_folder(self) -> Path:
+        from train.gan.augment_and_fit import build_arm_folder
+
+        folder = self.out / "data" / "eval"
+        if not (folder / "classes.txt").is_file():
+            build_arm_folder(folder, None, self.held_ds, [], self.classes)
+        return folder
+
+    def real_folder(self, f: float) -> Path:
+        from train.gan.augment_and_fit import build_arm_folder
+
+        folder = self.out / "data" / fraction_tag(f)
+        if not (folder / "classes.txt").is_file():
+            build_arm_folder(folder, self.train_ds.subset(self.subsets[f].tolist()), self.fit_val, [], self.classes)
+        return folder
+
+    def generator(self, f: float) -> Path:
+        from train.gan.fit_gan import GanConfig, fit_gan
+
+        run = self.out / "gan" / fraction_tag(f)
+        if not (run / "gan_metrics.json").is_file():
+            c = self.cfg
+            self.console.print(f"[bold]GAN[/] for fraction {f:g} ({len(self.subsets[f])} labelled images), {c.gan_minutes:g} min")
+            fit_gan(GanConfig(data=str(self.real_folder(f)), out=str(run), crop=c.gan_crop, base=c.gan_base,
+                              batch_size=c.gan_batch_size, steps=10**7, time_budget_min=c.gan_minutes, eval_pairs=c.gan_eval_pairs,
+                              seed=c.subset_seed, threads=c.threads, device=c.device, resume=True, **c.gan_options), self.console)
+        return run
+
+    def synthetic_folder(self, f: float, method: str) -> Path:
+        folder = self.out / "synthetic" / fraction_tag(f) / method
+        if (folder / "manifest.json").is_file():
+            return folder
+        from train.gan.fit_gan import load_generator
+        from train.gan.shape_bank import ShapeBank, load_labelled
+        from train.gan.synthesize import PAINTED, SynthConfig, synthesize_samples, write_dataset
+
+        labelled = load_labelled(self.train_ds.subset(self.subsets[f].tolist()))
+        bank = ShapeBank.from_images(labelled, len(self.classes))
+        generator, crop = None, self.cfg.gan_crop
+        if method in PAINTED:
+            generator, meta = load_generator(self.generator(f))
+            crop = int(meta["crop"])
+        scfg = SynthConfig(count=self.cfg.count, method=method, seed=self.cfg.subset_seed, crop=crop,
+                           max_defects_per_image=self.cfg.max_defects_per_image)
+        t = time.monotonic()
+        items = synthesize_samples(labelled, bank, scfg, self.classes, generator)
+        write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
+        return folder
+
+    # -- one cell --
+    def epochs(self, f: float) -> int:
+        if f == CEILING:
+            return self.cfg.ceiling_epochs
+        steps_per_epoch = max(1, len(self.subsets[f]) // self.cfg.batch_size)
+        return max(1, math.ceil(self.cfg.real_steps / steps_per_epoch))
+
+    def run_cell(self, f: float, arm: str, seed: int) -> dict:
+        from train.config import FitConfig
+        from train.evaluate import evaluate
+        from train.fit import fit
+
+        c = self.cfg
+        run = self.out / "runs" / fraction_tag(f) / arm / f"seed{seed}"
+        syn = None if arm == "real" else self.synthetic_folder(f, arm)
+        epochs = self.epochs(f)
+        fm = fit(FitConfig(
+            data=str(self.real_folder(f)), out=str(run), size=c.size, epochs=epochs, batch_size=c.batch_size,
+            crop_height=c.crop_height, crop_width=c.crop_width, lr=c.lr, seed=seed, threads=c.threads, device=c.device,
+            defect_crop_prob=c.defect_crop_prob, val_every=epochs,
+            synthetic_data=str(syn) if syn else None, synthetic_per_batch=c.synthetic_per_batch if syn else 0,
+        ), progress=False)
+        ev = evaluate(run, self.eval_folder(), "val", out=run, timing_images=1)
+        keys = ("competition_dice", "per_class_dice", "per_class_dice_present", "mean_dice_present", "per_class_iou",
+                "mean_iou", "background_iou", "miou_incl_background", "per_class_dice_pixels", "n_images")
+        return {
+            "fraction": f, "arm": arm, "seed": seed, "real_images": len(self.subsets[f]),
+            "synthetic_images": 0 if syn is None else self.cfg.count, "epochs": epochs,
+            "real_steps": epochs * max(1, len(self.subsets[f]) // c.batch_size),
+            "synthetic_share_of_batch": 0.0 if syn is None else c.synthetic_per_batch / (c.batch_size + c.synthetic_per_batch),
+            "train_seconds": fm["train_seconds"], "run": str(run.relative_to(self.out)),
+            "metrics": {k: ev[k] for k in keys},
+        }
+
+
+def run_study(cfg: StudyConfig, console=None) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from train.gan.label_curve_report import write_study_report
+
+    console = console or Console()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "study_config.json"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old != json.loads(json.dumps(cfg.to_dict())):
+            changed = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != json.loads(json.dumps(cfg.to_dict())).get(k))
+            raise ValueError(f"{cfg_path}: this study was started with other settings ({', '.join(changed)}); "
+                             "resume with the same flags or use a new --out")
+    cfg_path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    study = Study(cfg, console)
+    cells = plan_cells(cfg)
+    todo = [c for c in cells if not cell_path(out, *c).is_file()]
+    console.print(f"[bold]label-curve[/]: {len(cells)} cells, {len(cells) - len(todo)} already done; "
+                  f"{len(study.train_ds)} training images, scored on {len(study.held_ds)} held-out ({study.how})")
+    columns = [TextColumn("[bold]study"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[cell]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo), cell="")
+        for f, arm, seed in todo:
+            bar.update(task, cell=f"fraction {f:g} {arm} seed {seed}")
+            t = time.monotonic()
+            result = study.run_cell(f, arm, seed)
+            result["cell_seconds"] = round(time.monotonic() - t, 1)
+            path = cell_path(out, f, arm, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            tmp.replace(path)  # a cell is either whole or absent: a re-run never reads half of one
+            m = result["metrics"]
+            console.print(f"fraction {f:g} {arm:10s} seed {seed}: mIoU(incl. bg) {m['miou_incl_background']:.4f} "
+                          f"Dice(present) {m['mean_dice_present']:.4f} competition {m['competition_dice']:.4f} "
+                          f"({result['train_seconds']:.0f}s training)")
+            bar.advance(task)
+    return write_study_report(out)
