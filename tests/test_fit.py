@@ -196,3 +196,57 @@ def test_defect_crops_land_on_defects_and_plain_crops_are_seeded(tiny_data):
     hits = sum(bool(off[i][1].sum() > 0) for i in defect_idx)
     assert hits < len(defect_idx)  # random 16x16 windows often miss the defects
     torch.testing.assert_close(off[0][0], off[0][0])  # same seed, epoch and index: same crop
+
+
+def test_synthetic_pairs_come_on_top_of_the_same_real_passes(tiny_data, tmp_path):
+    from train.fit import fit
+
+    syn = tmp_path / "syn"
+    write_mask_folder(syn, make_rect_samples(5, seed=7), CLASSES)
+    plain = fit(tiny_cfg(tiny_data, tmp_path / "plain", epochs=2), progress=False)
+    topped = fit(tiny_cfg(tiny_data, tmp_path / "topped", epochs=2, synthetic_data=str(syn), synthetic_per_batch=2), progress=False)
+    again = fit(tiny_cfg(tiny_data, tmp_path / "again", epochs=2, synthetic_data=str(syn), synthetic_per_batch=2), progress=False)
+    assert topped["epochs_run"] == plain["epochs_run"] == 2  # same epochs over the same real images
+    assert [h["train_loss"] for h in topped["history"]] != [h["train_loss"] for h in plain["history"]]
+    assert [h["train_loss"] for h in topped["history"]] == [h["train_loss"] for h in again["history"]]  # seeded
+    assert "5 images, 2 on top of each batch of 4 real" in (tmp_path / "topped" / "train.log").read_text()
+
+
+def test_top_up_batches_walk_a_seeded_shuffle_of_the_synthetic_set(tmp_path):
+    from train.datasets import CropDataset, SyntheticTopUp
+
+    write_mask_folder(tmp_path / "syn", make_rect_samples(5, seed=7), CLASSES)
+    crops = CropDataset(open_dataset(tmp_path / "syn"), (32, 32), 0.5, 0.25, seed=1)
+    top = SyntheticTopUp(crops, 3, seed=4)
+    x, y = top.batch(0, 0)
+    assert x.shape == (3, 1, 32, 32) and y.shape == (3, 2, 32, 32)
+    x1, _ = top.batch(0, 1)  # next step: the next 3 of the shuffle (wrapping round the 5)
+    torch.testing.assert_close(SyntheticTopUp(crops, 3, seed=4).batch(0, 0)[0], x)
+    assert not torch.equal(x1, x)
+    with pytest.raises(ValueError, match="synthetic_per_batch needs synthetic_data"):
+        tiny_cfg(tmp_path, tmp_path / "x", synthetic_per_batch=2)
+
+
+def test_normalisation_statistics_sample_the_whole_set_not_its_first_images(tmp_path):
+    from train.datasets import estimate_mean_std
+
+    # Sorted by class like NEU-Seg: the first 64 images are dark, the other 64 bright.
+    dark = [Sample(f"a{i:03d}", np.full((16, 16), 51, np.uint8), np.zeros((2, 16, 16), bool), "train") for i in range(64)]
+    bright = [Sample(f"b{i:03d}", np.full((16, 16), 204, np.uint8), np.zeros((2, 16, 16), bool), "train") for i in range(64)]
+    write_mask_folder(tmp_path / "sorted", dark + bright, CLASSES)
+    mean, std = estimate_mean_std(open_dataset(tmp_path / "sorted"))
+    assert mean == pytest.approx(0.5, abs=0.01) and std == pytest.approx(0.3, abs=0.01)  # the first 64 alone: 0.2 / 0
+
+
+def test_training_crops_pad_like_the_edge(tmp_path):
+    from inspect_edge.preprocess import pad_bottom_right
+    from train.datasets import CropDataset
+
+    img = np.tile(np.arange(20, dtype=np.uint8)[None, :] * 10, (20, 1))  # a horizontal ramp 0..190
+    write_mask_folder(tmp_path / "small", [Sample("s", img, np.zeros((2, 20, 20), bool), "train")], CLASSES)
+    crops = CropDataset(open_dataset(tmp_path / "small"), (32, 32), 0.0, 1.0, flip=False, jitter=0.0)
+    x, y = crops[0]
+    expected = pad_bottom_right(img, 32, 32).astype(np.float32) / 255.0
+    np.testing.assert_allclose(x[0].numpy(), expected, atol=1e-6)
+    assert x[0, 0, 31].item() == pytest.approx(190 / 255)  # the last column repeated, not mean grey
+    assert y.shape == (2, 32, 32) and not y.any()

@@ -178,3 +178,55 @@ def test_gan_command_trains_reports_and_refuses_bad_crops(tmp_path):
     assert json.loads((run / "config.json").read_text())["crop"] == 32
     r = CliRunner().invoke(app, [*args[:5], "--crop", "36"], env={"COLUMNS": "300"})
     assert r.exit_code != 0 and "multiple of 8" in r.output
+
+
+def test_a_stochastic_generator_gives_different_fills_for_one_mask_and_repeats_with_a_seed():
+    from train.gan.quality import fill_diversity
+
+    pairs = PairSampler(_labelled(), 2, PairConfig(crop=32)).sample
+    rng = np.random.default_rng(0)
+    batch = [pairs(rng, "defect") for _ in range(4)]
+    torch.manual_seed(0)
+    noisy = InpaintGenerator(GeneratorConfig(num_classes=2, base=8, ffc_blocks=1, noise_channels=2)).eval()
+    a, b, a_again = paint(noisy, batch, 2, seed=0), paint(noisy, batch, 2, seed=1), paint(noisy, batch, 2, seed=0)
+    assert fill_diversity(a, b, batch) > 0.0  # two draws for the same masks differ ...
+    assert all(np.array_equal(x, y) for x, y in zip(a, a_again))  # ... and a seed repeats exactly
+    for x, p in zip(b, batch):
+        assert np.array_equal(x[~p.hole], p.image[~p.hole])  # only inside the hole
+    torch.manual_seed(0)
+    fixed = InpaintGenerator(GeneratorConfig(num_classes=2, base=8, ffc_blocks=1)).eval()
+    assert fill_diversity(paint(fixed, batch, 2, seed=0), paint(fixed, batch, 2, seed=1), batch) == 0.0
+
+
+def test_texture_and_diversity_losses_point_the_right_way():
+    from train.gan.losses import focal_frequency, mode_seeking
+
+    torch.manual_seed(0)
+    real = torch.rand(2, 1, 32, 32) * 2 - 1
+    hole = torch.zeros(2, 1, 32, 32)
+    hole[:, :, 8:24, 8:24] = 1
+    blurred = torch.nn.functional.avg_pool2d(real, 5, stride=1, padding=2)
+    flat = torch.full_like(real, float(real[hole > 0].mean()))
+    assert focal_frequency(real, real, hole).item() == 0.0
+    # A flat grey fill misses more of the spectrum than a blurred one; both cost.
+    assert focal_frequency(flat, real, hole) > focal_frequency(blurred, real, hole) > 0
+    z_a, z_b = torch.randn(2, 2, 32, 32), torch.randn(2, 2, 32, 32)
+    same = mode_seeking(blurred, blurred, z_a, z_b, hole)
+    apart = mode_seeking(blurred, real, z_a, z_b, hole)
+    assert apart < same  # fills that differ for different codes lower the term
+
+
+def test_high_frequency_energy_tells_texture_from_a_grey_blob():
+    from train.gan.quality import hf_energy, texture_ratio
+    from train.gan.pairs import Pair
+
+    rng = np.random.default_rng(0)
+    image = np.clip(120 + rng.normal(0, 20, (32, 32)), 0, 255).astype(np.uint8)
+    hole = np.zeros((32, 32), bool)
+    hole[8:24, 8:24] = True
+    blob = image.copy()
+    blob[hole] = 120
+    assert hf_energy(blob, hole) < 0.1 * hf_energy(image, hole)
+    labels = hole.astype(np.uint8)  # class 0 of the data set (label 1) in the hole
+    r = texture_ratio([blob, image], [Pair(image, labels, hole, "a", "defect")] * 2)
+    assert r["per_label"]["1"] == pytest.approx(r["all"]) and 0.5 < r["all"] < 0.6  # (blob ~0 + real 1) / 2

@@ -43,6 +43,10 @@ def test_score_masks_hand_worked():
     assert r["per_class_dice_present"] == pytest.approx({"pits": 0.5, "cracks": 1.0})
     assert r["per_class_iou"] == pytest.approx({"pits": 1 / 4, "cracks": 1.0})
     assert r["mean_iou"] == pytest.approx((0.25 + 1.0) / 2)
+    # Background = pixels of no class. Image 0: truth bg 2 px (row 0 col 1, row 1 col 1), pred bg
+    # 2 px (row 1); shared 1, union 3. Image 1: no background in truth or prediction.
+    assert r["background_iou"] == pytest.approx(1 / 3)
+    assert r["miou_incl_background"] == pytest.approx((0.25 + 1.0 + 1 / 3) / 3)
 
 
 def test_iterable_and_accumulator_agree_with_batch():

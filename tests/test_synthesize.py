@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ from inspect_edge.data import open_dataset
 from train.cli import app
 from train.gan.fit_gan import save_generator
 from train.gan.generator import GeneratorConfig, InpaintGenerator
-from train.gan.pairs import dilate
+from train.gan.pairs import dilate, erode
 from train.gan.shape_bank import (
     LabelledImage,
     Shape,
@@ -25,7 +26,7 @@ from train.gan.shape_bank import (
     place_shape,
     transform_shape,
 )
-from train.gan.synthesize import SynthConfig, synthesize_samples
+from train.gan.synthesize import SynthConfig, paste_matched, synthesize_samples
 
 torch.set_num_threads(1)
 
@@ -73,12 +74,12 @@ def test_placement_never_overlaps_existing_defects():
     assert place_shape(np.ones((8, 8), np.uint8), np.ones((4, 4), bool), rng) is None
 
 
-@pytest.mark.parametrize("method", ["copy-paste", "gan"])
+@pytest.mark.parametrize("method", ["copy-paste", "gan", "gan-blend"])
 def test_synthesis_adds_masks_and_changes_only_what_it_paints(method):
     backgrounds = _labelled()
     bank = ShapeBank.from_images(backgrounds, 2)
     cfg = SynthConfig(count=8, method=method, seed=3, crop=32)
-    items = synthesize_samples(backgrounds, bank, cfg, CLASSES, _generator() if method == "gan" else None)
+    items = synthesize_samples(backgrounds, bank, cfg, CLASSES, None if method == "copy-paste" else _generator())
     by_id = {b.image_id: b for b in backgrounds}
     added = 0
     for s in items:
@@ -154,3 +155,34 @@ def test_gan_paints_images_smaller_than_its_crop():
         painted = dilate(s.new_mask, cfg.hole_margin) & ~old
         assert np.array_equal(s.image[~painted], bg.image[~painted])
         assert not np.array_equal(s.image, bg.image)
+
+
+def test_gan_blend_keeps_the_real_core_shifted_to_the_new_background():
+    backgrounds = _labelled()
+    bank = ShapeBank.from_images(backgrounds, 2)
+    cp = synthesize_samples(backgrounds, bank, SynthConfig(count=8, method="copy-paste", seed=5, crop=32), CLASSES)
+    cfg = SynthConfig(count=8, method="gan-blend", seed=5, crop=32, blend_band=2)
+    blend = synthesize_samples(backgrounds, bank, cfg, CLASSES, _generator())
+    cores = 0
+    for a, b in zip(cp, blend):
+        assert np.array_equal(a.labels, b.labels)  # the same masks and placements as copy-paste
+        n, comp = cv2.connectedComponents(b.new_mask.astype(np.uint8), connectivity=8)
+        for c in range(1, n):
+            core = erode(comp == c, cfg.blend_band)
+            if core.sum() < 3:
+                continue
+            cores += 1
+            # Inside the core the pixels are copy-paste's, moved by one brightness offset.
+            diff = b.image[core].astype(int) - a.image[core].astype(int)
+            assert diff.max() - diff.min() <= 1, diff
+    assert cores > 0
+
+
+def test_paste_matched_moves_the_defect_by_the_background_difference():
+    patch = np.full((5, 5), 100, np.uint8)
+    patch[2, 2] = 40  # a dark pit on a background of 100
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = True
+    region = np.full((5, 5), 130, np.uint8)  # the new place is 30 grey levels brighter
+    out = paste_matched(region, patch, mask)
+    assert out[2, 2] == 70 and out[0, 0] == 130

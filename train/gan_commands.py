@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from train.gan.augment_and_fit import DEFAULT_METHOD, METHOD_WHY
+
 
 def _numbers(text: str, kind, what: str) -> tuple:
     try:
@@ -85,9 +87,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Run folder: gan/, data/, runs/, report.md, report.json."),
         generator: Optional[Path] = typer.Option(None, "--generator", help="Reuse this `train gan` run instead of fitting one."),
         count: int = typer.Option(300, "--count", help="Synthetic pairs per synthetic arm."),
+        method: str = typer.Option(DEFAULT_METHOD, "--method", help=f"Painter: copy-paste, gan or gan-blend (default {DEFAULT_METHOD}: {METHOD_WHY})."),
+        synthetic_per_batch: int = typer.Option(4, "--synthetic-per-batch", help="Synthetic crops on top of each batch of real ones."),
         labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Share of training images that keep their masks (seeded)."),
         seed: int = typer.Option(0, "--seed"),
-        ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Also fit real-only and real+copy-paste arms."),
+        ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Also fit real-only and every other painter (same seed and real passes)."),
         size: str = typer.Option("nano", "--size", help="Segmenter size."),
         gan_steps: int = typer.Option(3000, "--gan-steps"),
         gan_time_budget_min: Optional[float] = typer.Option(None, "--gan-time-budget-min"),
@@ -96,7 +100,7 @@ def register(app: typer.Typer) -> None:
         gan_base: int = typer.Option(16, "--gan-base", help="Generator width (smaller trains faster on a CPU)."),
         gan_eval_pairs: int = typer.Option(256, "--gan-eval-pairs", help="Held-out real defects for gan_metrics.json."),
         fit_epochs: int = typer.Option(30, "--fit-epochs", help="Segmenter epochs per arm (cut to the budget)."),
-        fit_time_budget_min: Optional[float] = typer.Option(None, "--fit-time-budget-min", help="Segmenter training minutes per arm."),
+        fit_time_budget_min: Optional[float] = typer.Option(None, "--fit-time-budget-min", help="Training minutes for the first arm (the chosen method); the other arms run as many epochs."),
         fit_batch_size: int = typer.Option(8, "--fit-batch-size"),
         fit_val_images: int = typer.Option(200, "--fit-val-images", help="Held-out images (seeded subset) the segmenter validates and calibrates on; 0 = all. Scores always use all."),
         crop_width: int = typer.Option(512, "--crop-width"),
@@ -112,6 +116,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = AugmentConfig(
                 data=str(data), out=str(out), generator=str(generator) if generator else None, count=count,
+                method=method, synthetic_per_batch=synthetic_per_batch,
                 labelled_fraction=labelled_fraction, seed=seed, ablation=ablation, size=size, gan_steps=gan_steps,
                 gan_time_budget_min=gan_time_budget_min, gan_crop=gan_crop, gan_batch_size=gan_batch_size, gan_base=gan_base,
                 gan_eval_pairs=gan_eval_pairs,
@@ -137,6 +142,11 @@ def register(app: typer.Typer) -> None:
         count: int = typer.Option(300, "--count", help="Synthetic pairs per fraction and painter."),
         gan_minutes: float = typer.Option(6.0, "--gan-minutes", help="GAN training minutes per fraction."),
         fit_val_images: int = typer.Option(150, "--fit-val-images", help="Held-out images the segmenter calibrates on; 0 = all."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Real crops per step."),
+        crop_height: int = typer.Option(176, "--crop-height", help="Segmenter training crop (NEU-Seg frames are 200x200)."),
+        crop_width: int = typer.Option(176, "--crop-width"),
+        gan_crop: int = typer.Option(96, "--gan-crop", help="Square crop the generator paints in (multiple of 8)."),
+        gan_base: int = typer.Option(12, "--gan-base", help="Generator width."),
         size: str = typer.Option("nano", "--size"),
         threads: Optional[int] = typer.Option(2, "--threads"),
         device: str = typer.Option("auto", "--device"),
@@ -156,7 +166,8 @@ def register(app: typer.Typer) -> None:
                     data=str(data), out=str(out), fractions=_numbers(fractions, float, "--fractions"), seeds=_numbers(seeds, int, "--seeds"),
                     arms=tuple(a.strip() for a in arms.split(",") if a.strip()), ceiling=ceiling, real_steps=real_steps,
                     ceiling_epochs=ceiling_epochs, synthetic_per_batch=synthetic_per_batch, count=count, gan_minutes=gan_minutes,
-                    fit_val_images=fit_val_images, size=size, threads=threads, device=device,
+                    fit_val_images=fit_val_images, batch_size=batch_size, crop_height=crop_height, crop_width=crop_width,
+                    gan_crop=gan_crop, gan_base=gan_base, size=size, threads=threads, device=device,
                 )
                 r = run_study(cfg)
             except ValueError as e:

@@ -62,22 +62,24 @@ class Synthetic:
     new_mask: np.ndarray | None = None  # bool (H, W): the defects added here
 
 
-def _gan_job(image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before: np.ndarray, cfg: SynthConfig):
+def _gan_job(image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before: np.ndarray, final: np.ndarray, cfg: SynthConfig):
     """The crop the generator paints one new defect in: (Pair, window top-left).
 
-    Hole = the new mask dilated by `hole_margin`, never over defects that were there
-    before (they keep their pixels and labels); the class map is the labels after adding."""
+    Hole = the new mask dilated by `hole_margin`, never over other defects: those there
+    before (they keep their pixels and labels) and those added after this one (`final`:
+    the image's labels at the end; they get painted, or keep their pasted core, in their
+    own turn). The class map is the labels after adding this defect."""
     from train.gan.pairs import Pair
 
     c = cfg.crop
     img_p, lab_p = pad_to(image, labels, c)
     pad = ((0, img_p.shape[0] - image.shape[0]), (0, img_p.shape[1] - image.shape[1]))
-    new_p, before_p = np.pad(new_mask, pad), np.pad(before, pad)  # zeros: the pad is never painted
+    new_p, before_p, final_p = np.pad(new_mask, pad), np.pad(before, pad), np.pad(final, pad)  # zeros: the pad is never painted
     inside = np.pad(np.ones(image.shape, bool), pad)
     ys, xs = np.nonzero(new_p)
     y0, x0 = window_around((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2, img_p.shape, c)
     win = (slice(y0, y0 + c), slice(x0, x0 + c))
-    hole = dilate(new_p[win], cfg.hole_margin) & (before_p[win] == 0) & inside[win]
+    hole = dilate(new_p[win], cfg.hole_margin) & (before_p[win] == 0) & ((final_p[win] == 0) | new_p[win]) & inside[win]
     if cfg.method == "gan-blend":  # keep the pasted core: only the border band is repainted
         hole &= ~erode(new_p[win], cfg.blend_band)
     return Pair(img_p[win], lab_p[win], hole, "", "synthetic"), (y0, x0)
@@ -166,7 +168,7 @@ def synthesize_samples(
         noise_rng = torch.Generator().manual_seed(cfg.seed)
         for r in range(max((len(p) for p in plans), default=0)):
             todo = [(i, p[r]) for i, p in enumerate(plans) if len(p) > r]
-            jobs = [_gan_job(items[i].image, after, new_mask, before, cfg) for i, (new_mask, before, after) in todo]
+            jobs = [_gan_job(items[i].image, after, new_mask, before, items[i].labels, cfg) for i, (new_mask, before, after) in todo]
             painted = _paint_batch(generator, [pair for pair, _ in jobs], len(classes), noise_rng)
             for (i, _), (pair, (y0, x0)), gen in zip(todo, jobs, painted):
                 img = items[i].image

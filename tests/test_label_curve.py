@@ -1,0 +1,128 @@
+"""`train label-curve` on tiny data: nested subsets, every cell written and skipped on a
+re-run, a changed setting refused, report complete; and the paired statistics and the
+decision rule on cells whose numbers the test chooses (never which arm wins on real data)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from helpers_gan_data import make_mask_folder
+from train.cli import app
+from train.gan.label_curve import nested_subsets
+from train.gan.label_curve_report import aggregate, best_method, verdicts
+
+torch.set_num_threads(1)
+
+TINY = ["--fractions", "0.5,0.25", "--seeds", "0,1", "--arms", "real,copy-paste,gan-blend", "--no-ceiling",
+        "--real-steps", "2", "--synthetic-per-batch", "2", "--count", "4", "--gan-minutes", "0.01", "--fit-val-images", "3",
+        "--batch-size", "4", "--crop-height", "64", "--crop-width", "64", "--gan-crop", "32", "--gan-base", "8", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lc")
+    data = make_mask_folder(root / "data", n_train=16, n_val=4)
+    out = root / "study"
+    args = ["label-curve", "--data", str(data), "--out", str(out), *TINY]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return data, out, args, r.output
+
+
+def test_every_cell_is_written_with_paired_seeds_and_the_same_real_passes(study):
+    data, out, _, output = study
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/*/seed*.json"))]
+    assert len(cells) == 2 * 3 * 2  # fractions x arms x seeds
+    for c in cells:
+        m = c["metrics"]
+        assert m["n_images"] == 4 and 0.0 <= m["miou_incl_background"] <= 1.0 and 0.0 <= m["competition_dice"] <= 1.0
+        same = [d for d in cells if d["fraction"] == c["fraction"]]
+        assert {d["real_steps"] for d in same} == {c["real_steps"]}  # every arm: the same real passes
+        assert c["synthetic_share_of_batch"] == (0.0 if c["arm"] == "real" else pytest.approx(2 / 6))
+    # Nested labelled subsets: the 25% images are inside the 50% set.
+    ids = {f: set(json.loads((out / "runs" / f / "real" / "seed0" / "split.json").read_text())["train_ids"]) for f in ("f0.250", "f0.500")}
+    assert len(ids["f0.250"]) == 4 and len(ids["f0.500"]) == 8 and ids["f0.250"] < ids["f0.500"]
+    # One GAN per fraction, trained on that fraction's labels only.
+    for f in ("f0.250", "f0.500"):
+        gm = json.loads((out / "gan" / f / "gan_metrics.json").read_text())
+        assert gm["labelled_images"] == len(ids[f])
+    assert "report.md" in output and "goal" in output
+
+
+def test_report_is_complete_and_its_differences_come_from_the_cells(study):
+    _, out, _, _ = study
+    report = json.loads((out / "report.json").read_text())
+    assert report["cells_done"] == 12 and report["cells_missing"] == []
+    agg = report["aggregates"]["f0.500/gan-blend"]
+    by_seed = {c["seed"]: c for c in report["cells"] if c["fraction"] == 0.5}
+    real = {c["seed"]: c["metrics"]["miou_incl_background"] for c in report["cells"] if c["fraction"] == 0.5 and c["arm"] == "real"}
+    blend = {c["seed"]: c["metrics"]["miou_incl_background"] for c in report["cells"] if c["fraction"] == 0.5 and c["arm"] == "gan-blend"}
+    diffs = [blend[s] - real[s] for s in (0, 1)]
+    assert by_seed and agg["vs_real"]["miou_incl_background"]["values"] == pytest.approx(diffs)
+    assert agg["vs_real"]["miou_incl_background"]["sd"] == pytest.approx(float(np.std(diffs, ddof=1)))
+    assert "vs_copy_paste" in agg and "vs_copy_paste" not in report["aggregates"]["f0.500/copy-paste"]
+    md = (out / "report.md").read_text()
+    for title in ("real only", "real + copy-paste", "real + GAN-blend (hybrid)", "Decision rule", "## Verdict", "mIoU incl. bg"):
+        assert title in md
+    for rel in report["pictures"].values():
+        assert cv2.imread(str(out / rel)) is not None and f"]({rel})" in md
+    assert "label_curve.png" in report["pictures"].values()
+    assert any(rel.startswith("samples_") for rel in report["pictures"].values())
+
+
+def test_a_rerun_skips_finished_cells_and_other_settings_are_refused(study):
+    _, out, args, _ = study
+    cell = out / "cells" / "f0.500" / "real" / "seed0.json"
+    before = cell.stat().st_mtime_ns
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "12 already done" in r.output and cell.stat().st_mtime_ns == before
+    changed = [a if a != "0,1" else "0,1,2" for a in args]
+    r = CliRunner().invoke(app, changed)
+    assert r.exit_code == 2 and "other settings (seeds)" in r.output
+    r = CliRunner().invoke(app, ["label-curve", "--data", "x", "--out", str(out), "--report-only"])
+    assert r.exit_code == 0 and "12 cells" in r.output
+
+
+def test_nested_subsets_are_prefixes_of_one_permutation():
+    subsets = nested_subsets(100, (0.02, 0.05, 0.10), seed=0)
+    assert [len(s) for s in subsets.values()] == [2, 5, 10]
+    assert set(subsets[0.02]) < set(subsets[0.05]) < set(subsets[0.10])
+    assert np.array_equal(nested_subsets(100, (0.05,), seed=0)[0.05], subsets[0.05])
+
+
+def _cell(f, arm, seed, miou, dice, comp):
+    per = {"a": dice, "b": dice}
+    return {"fraction": f, "arm": arm, "seed": seed, "real_images": 10, "synthetic_images": 0 if arm == "real" else 5,
+            "epochs": 3, "real_steps": 30, "synthetic_share_of_batch": 0.0, "train_seconds": 1.0,
+            "metrics": {"miou_incl_background": miou, "mean_dice_present": dice, "competition_dice": comp, "per_class_dice_present": per}}
+
+
+@pytest.mark.parametrize("gain, spread, expect", [(0.03, 0.001, True), (0.003, 0.01, False)])
+def test_decision_rule_on_chosen_numbers(gain, spread, expect):
+    cells = []
+    for f in (0.05, 0.1):
+        for s, noise in zip((0, 1, 2), (-spread, 0.0, spread)):
+            base = 0.7 + 0.01 * s  # seeds differ a lot; the paired differences do not
+            cells += [_cell(f, "real", s, base, base, 0.9), _cell(f, "copy-paste", s, base + gain / 2, base + gain / 2, 0.9),
+                      _cell(f, "gan", s, base + gain + noise, base + gain + noise, 0.9)]
+    agg = aggregate(cells)
+    v = verdicts(agg)
+    gan = v["per_arm"]["f0.050/gan"]
+    assert gan["beats_real_miou"] is expect and gan["beats_real_dice_present"] is expect
+    assert gan["keeps_competition_dice"] and gan["beats_copy_paste"] == (gain > 0)
+    assert v["goal_met"] is expect
+    assert best_method(agg)[0] == "gan"
+    p = agg["f0.050/gan"]["vs_real"]["miou_incl_background"]
+    assert p["mean"] == pytest.approx(gain) and p["seeds"] == [0, 1, 2]
+
+
+def test_no_gain_means_no_best_method():
+    cells = [_cell(f, arm, s, 0.7, 0.7, 0.9) for f in (0.05, 0.1) for arm in ("real", "gan") for s in (0, 1)]
+    assert best_method(aggregate(cells))[0] == "none"
