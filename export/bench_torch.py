@@ -67,12 +67,12 @@ class TorchBenchPlugin:
     def models_for_sizes(self, sizes: list[str], height: int, width: int, out_dir: Path) -> list[BenchModel]:
         import torch
 
-        from train.model import ModelConfig, build_model
+        from train.model import UNetConfig, build_model
 
         out_dir.mkdir(parents=True, exist_ok=True)
         models = []
         for size in sizes:
-            cfg = ModelConfig(size=size, num_classes=len(DEFAULT_CLASSES))  # ValueError lists valid sizes
+            cfg = UNetConfig(size=size, num_classes=len(DEFAULT_CLASSES))  # ValueError lists valid sizes
             torch.manual_seed(0)
             model = build_model(cfg).eval()
             info = ModelInfo(classes=DEFAULT_CLASSES, input_height=height, input_width=width, arch=cfg.arch,

@@ -59,7 +59,9 @@ def test_evaluate_agrees_with_scoring_the_calibrated_masks_by_hand(run_and_data)
     ref = score_masks(pred, np.stack([ds[i].masks for i in range(len(ds))]), info.classes)
     assert res["split"] == "train" and res["n_images"] == 12
     assert res["competition_dice"] == pytest.approx(ref["competition_dice"])
-    assert (run / "on_train" / "evaluation.json").is_file()
+    assert (run / "on_train" / "evaluation_train.json").is_file() and (run / "on_train" / "worst_cases_train.png").is_file()
+    assert not (run / "on_train" / "evaluation.json").exists()  # another split never overwrites val's scores
+    assert 0.0 <= res["miou_incl_background"] <= 1.0 and res["background_iou"] > res["mean_iou"] - 1.0
 
 
 def test_evaluate_uses_the_runs_own_holdout_when_the_data_has_no_val_split(tmp_path):
@@ -85,3 +87,5 @@ def test_evaluate_cli_prints_a_table(run_and_data):
     r = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(data)])
     assert r.exit_code == 0, r.output
     assert "competition Dice" in r.output and "dent" in r.output
+    assert "[val, 4 images]" in r.output.replace("\n", "")  # not eaten as rich markup
+    assert "mIoU incl. background" in r.output and "background" in r.output

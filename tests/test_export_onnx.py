@@ -127,10 +127,10 @@ def test_opset_too_old_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     from train.checkpoint import save_checkpoint
-    from train.model import ModelConfig, build_model
+    from train.model import UNetConfig, build_model
 
     run = tmp_path_factory.mktemp("run")
-    cfg = ModelConfig(size="nano", in_channels=1, num_classes=2)
+    cfg = UNetConfig(size="nano", in_channels=1, num_classes=2)
     torch.manual_seed(1)
     model = build_model(cfg).eval()
     info = INFO.replace(arch=cfg.arch, input_width=128)

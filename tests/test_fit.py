@@ -79,6 +79,12 @@ def test_loss_falls_and_run_folder_is_complete(tiny_run):
     assert "epoch 6/6" in (out / "train.log").read_text()
 
 
+def test_data_problems_are_kept_in_the_run_folder(tiny_run):
+    out, _ = tiny_run
+    rec = json.loads((out / "data_problems.json").read_text())
+    assert rec["count"] == 0 and rec["first"] == []
+
+
 def test_model_info_is_calibrated_and_sized_for_the_full_frame(tiny_run):
     out, _ = tiny_run
     info = ModelInfo.load(out / "model_info.json")
@@ -250,3 +256,17 @@ def test_training_crops_pad_like_the_edge(tmp_path):
     np.testing.assert_allclose(x[0].numpy(), expected, atol=1e-6)
     assert x[0, 0, 31].item() == pytest.approx(190 / 255)  # the last column repeated, not mean grey
     assert y.shape == (2, 32, 32) and not y.any()
+
+
+def test_problems_found_while_reading_are_written_into_the_run(tmp_path):
+    import shutil
+
+    from train.fit import fit
+
+    data = tmp_path / "data"
+    shutil.copytree(make_mask_folder(tmp_path / "src"), data)
+    stray = data / "images" / "train" / "orphan.png"
+    shutil.copyfile(next((data / "images" / "train").iterdir()), stray)  # an image with no mask
+    fit(tiny_cfg(data, tmp_path / "run", epochs=1), progress=False)
+    rec = json.loads((tmp_path / "run" / "data_problems.json").read_text())
+    assert rec["count"] >= 1 and any("orphan" in line for line in rec["first"])

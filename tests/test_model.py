@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from train.losses import BceDiceLoss, soft_dice_loss  # noqa: E402
-from train.model import SIZES, ModelConfig, build_model  # noqa: E402
+from train.model import SIZES, UNetConfig, build_model  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -23,7 +23,7 @@ def test_every_size_returns_logits_at_input_size(size, hw):
 
 
 def test_any_input_channels_and_class_count():
-    model = build_model(ModelConfig(size="nano", in_channels=3, num_classes=7)).eval()
+    model = build_model(UNetConfig(size="nano", in_channels=3, num_classes=7)).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 33, 65)).shape == (1, 7, 33, 65)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from inspect_edge.model_info import ModelInfo, ModelInfoError
-from train.model import ModelConfig, UNet, build_model
+from train.model import UNetConfig, UNet, build_model
 
 FORMAT = "inspect-edge-segmenter"
 FORMAT_VERSION = 1
@@ -58,7 +58,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> UNet:
     try:
-        model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+        model = build_model(UNetConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["state_dict"])
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

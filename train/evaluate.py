@@ -1,8 +1,10 @@
 """`train evaluate`: a trained run on a split, with the calibrated post-processing.
 
-Reports per-class Dice and IoU, the competition Dice (and the all-empty
-baseline it must beat), a confusion summary per image and class, and the
-inference time per image; writes `evaluation.json` and `worst_cases.png`.
+Reports per-class Dice and IoU, mIoU over the defect classes and mIoU including
+background (the figure NEU-Seg papers publish), the competition Dice (and the
+all-empty baseline it must beat), a confusion summary per image and class, and the
+inference time per image; writes `evaluation.json` and `worst_cases.png` for the
+val split and `evaluation_<split>.json` / `worst_cases_<split>.png` for any other.
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def pick_split(ds, run: Path, split: str | None):
     if len(idx) != len(val_ids):
         raise ValueError(f"{record}: {len(val_ids) - len(idx)} validation id(s) are not in {ds.root}; is this the run's data set?")
     return ds.subset(idx), "run validation hold-out"
+
+
+def output_names(split: str | None) -> tuple[str, str]:
+    """(evaluation JSON, worst-cases picture) for the requested split: the default (None or
+    `val`) keeps the plain names, any other split gets its own, so scoring `--split test`
+    never overwrites the validation scores."""
+    if split in (None, "val"):
+        return "evaluation.json", "worst_cases.png"
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in split)
+    return f"evaluation_{slug}.json", f"worst_cases_{slug}.png"
 
 
 def time_inference(model, images: list[np.ndarray], info, repeats: int = 1) -> float:
@@ -109,7 +121,9 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, *, bat
     }
     out = Path(out) if out else run
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    json_name, worst_name = output_names(split)
+    result["written_to"] = json_name
+    (out / json_name).write_text(json.dumps(result, indent=2) + "\n")
     worst_ids = {image_id for _, image_id in sorted(per_image)[:worst]}
     idx = [i for i, image_id in enumerate(eval_ds.ids) if image_id in worst_ids]
     rows = []
@@ -117,5 +131,5 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, *, bat
     for s, logits in iter_dataset_logits(model, eval_ds.subset(idx), info, batch_size=batch_size):
         rows.append((f"{s.image_id} (Dice {score[s.image_id]:.2f})", s.image, s.masks,
                      masks_from_logits(logits, info.thresholds, info.min_areas)))
-    plot_mask_grid(rows, info.classes, out / "worst_cases.png", f"worst {len(rows)} images of {split_name}")
+    plot_mask_grid(rows, info.classes, out / worst_name, f"worst {len(rows)} images of {split_name}")
     return result

@@ -70,20 +70,28 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{run} on {data} [{res['split']}, {res['n_images']} images]")
-        for col in ("class", "Dice (all pairs)", "Dice (present)", "IoU", "missed", "false"):
+        from rich.markup import escape
+
+        # escape(): rich would read "[val, 894 images]" as markup and drop it.
+        table = Table(title=escape(f"{run} on {data} [{res['split']}, {res['n_images']} images]"))
+        for col in ("class", "Dice (all pairs)", "Dice (present)", "Dice (pixels)", "IoU", "missed", "false"):
             table.add_column(col)
         for c in res["classes"]:
             conf = res["confusion"]["per_class"][c]
-            table.add_row(c, _f(res["per_class_dice"][c]), _f(res["per_class_dice_present"][c]), _f(res["per_class_iou"][c]),
-                          str(conf["missed"]), str(conf["false"]))
+            table.add_row(c, _f(res["per_class_dice"][c]), _f(res["per_class_dice_present"][c]), _f(res["per_class_dice_pixels"][c]),
+                          _f(res["per_class_iou"][c]), str(conf["missed"]), str(conf["false"]))
+        table.add_row("background", "", "", "", _f(res["background_iou"]), "", "")
         console = Console()
         console.print(table)
+        console.print(
+            f"mIoU incl. background {_f(res['miou_incl_background'])} (what NEU-Seg papers report); "
+            f"mIoU of the defect classes only {_f(res['mean_iou'])}"
+        )
         console.print(
             f"competition Dice {res['competition_dice']:.4f} (all-empty baseline {res['all_empty_baseline_dice']:.4f}); "
             f"images with a missed defect {res['confusion']['images_with_missed_defect']}, with a false defect "
             f"{res['confusion']['images_with_false_defect']}; {res['inference_ms_per_image']:.1f} ms/image; "
-            f"written to {where / 'evaluation.json'}"
+            f"written to {where / res['written_to']}"
         )
 
 

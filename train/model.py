@@ -39,7 +39,7 @@ SIZES: dict[str, SizeSpec] = {
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class UNetConfig:
     size: str = "nano"
     in_channels: int = 1
     num_classes: int = 4
@@ -53,7 +53,7 @@ class ModelConfig:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
+    def from_dict(cls, d: dict) -> UNetConfig:
         return strict_from_dict(cls, d, "model config")
 
     def to_dict(self) -> dict:
@@ -106,7 +106,7 @@ class UNet(nn.Module):
     exportable = True
     input_multiple = STRIDE
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
         spec = SIZES[config.size]
@@ -148,10 +148,10 @@ class UNet(nn.Module):
         return y[:, :, :h, :w]
 
 
-def build_model(cfg: dict | ModelConfig) -> UNet:
+def build_model(cfg: dict | UNetConfig) -> UNet:
     """Build a segmenter; `cfg` holds `size`, `in_channels`, `num_classes`."""
     if isinstance(cfg, dict):
-        cfg = ModelConfig.from_dict(cfg)
+        cfg = UNetConfig.from_dict(cfg)
     return UNet(cfg)
 
 
