@@ -230,3 +230,23 @@ def test_high_frequency_energy_tells_texture_from_a_grey_blob():
     labels = hole.astype(np.uint8)  # class 0 of the data set (label 1) in the hole
     r = texture_ratio([blob, image], [Pair(image, labels, hole, "a", "defect")] * 2)
     assert r["per_label"]["1"] == pytest.approx(r["all"]) and 0.5 < r["all"] < 0.6  # (blob ~0 + real 1) / 2
+
+
+def test_gan_command_measures_a_quality_curve_and_maps_the_new_switches(tmp_path):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    data = make_mask_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["gan", "--data", str(data), "--out", str(run), "--steps", "4", "--crop", "32", "--batch-size", "2",
+                                 "--base", "8", "--eval-pairs", "4", "--threads", "1", "--measure-at-min", "0,0",
+                                 "--noise-channels", "0", "--ms-weight", "0", "--ffl-weight", "0"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["noise_channels"], cfg["ms_weight"], cfg["ffl_weight"]) == (0, 0.0, 0.0)
+    curve = json.loads((run / "quality_curve.json").read_text())
+    assert [p["step"] for p in curve] == [1, 2]  # one point per requested minute mark, as it is passed
+    assert all(math.isfinite(p["gan"]["masked_l1"]) and p["gan"]["fill_diversity"] == 0.0 for p in curve)
+    gm = json.loads((run / "gan_metrics.json").read_text())
+    assert gm["gan"]["hf_energy_ratio"]["all"] > 0 and "fill_diversity" in gm["gan"]

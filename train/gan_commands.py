@@ -36,6 +36,10 @@ def register(app: typer.Typer) -> None:
         eval_pairs: int = typer.Option(256, "--eval-pairs", help="Held-out real defects used for gan_metrics.json."),
         segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="A `train fit` run whose encoder gives the Fréchet-distance features (default: a seeded random conv net)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from RUN/gan_checkpoint.pt."),
+        noise_channels: int = typer.Option(4, "--noise-channels", help="Noise maps in the hole (0: one fill per mask)."),
+        ffl_weight: float = typer.Option(100.0, "--ffl-weight", help="Focal frequency (texture) loss weight; 0 off."),
+        ms_weight: float = typer.Option(1.0, "--ms-weight", help="Mode-seeking (diversity) weight; 0 off; needs noise."),
+        measure_at: str = typer.Option("", "--measure-at-min", help="Comma-separated training minutes at which to measure (quality_curve.json)."),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     ) -> None:
@@ -47,6 +51,8 @@ def register(app: typer.Typer) -> None:
                 data=str(data), out=str(out), steps=steps, time_budget_min=time_budget_min, crop=crop, batch_size=batch_size,
                 base=base, seed=seed, labelled_fraction=labelled_fraction, sample_every=sample_every,
                 checkpoint_every=checkpoint_every, eval_pairs=eval_pairs, resume=resume, threads=threads, device=device,
+                noise_channels=noise_channels, ffl_weight=ffl_weight, ms_weight=ms_weight,
+                measure_at_min=_numbers(measure_at, float, "--measure-at-min"),
                 feature_net="segmenter" if segmenter else "random", segmenter_run=str(segmenter) if segmenter else None,
             )
         except ValueError as e:

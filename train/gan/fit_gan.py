@@ -59,6 +59,7 @@ class GanConfig:
     sample_every: int = 250
     checkpoint_every: int = 250
     eval_pairs: int = 256
+    measure_at_min: tuple[float, ...] = ()  # also measure the EMA generator at these training minutes (quality_curve.json)
     feature_net: str = "random"  # random | segmenter
     segmenter_run: str | None = None
     resume: bool = False
@@ -244,6 +245,15 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
 
     t0 = time.monotonic()
     deadline = t0 + cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    curve_features = FeatureNet(cfg.feature_net, cfg.segmenter_run, seed=0) if cfg.measure_at_min and eval_pairs else None
+    curve, pending = [], sorted(cfg.measure_at_min)
+
+    def measure_now() -> None:
+        """One point of the quality curve: is time or design the limit?"""
+        m = measure(eval_pairs, paint(ema, eval_pairs, k), curve_features)
+        m["gan"]["fill_diversity"] = fill_diversity(paint(ema, eval_pairs, k, seed=0), paint(ema, eval_pairs, k, seed=1), eval_pairs)
+        curve.append({"minutes": round((time.monotonic() - t0) / 60, 2), "step": step, "gan": m["gan"], "telea": m["telea"]})
+        (out / "quality_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     stopped = "steps"
     columns = [TextColumn("GAN"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
@@ -306,6 +316,9 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
                 write_samples()
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint()
+            if pending and time.monotonic() - t0 >= pending[0] * 60:
+                pending.pop(0)
+                measure_now()
     save_checkpoint()
     write_samples()
     (out / "history.json").write_text(json.dumps(history) + "\n")
