@@ -1,10 +1,12 @@
 """`inspect-edge export ...`: turn a training run into what the edge service loads.
 
     inspect-edge export onnx runs/nano --out model.onnx [--fp16]   # needs the train extra
-    inspect-edge export engine model.onnx --fp16                   # on the device, needs TensorRT
+    inspect-edge export engine model.onnx --fp16 --frame 256x1600  # on the device, needs TensorRT
 
 Each step checks its own result: `onnx` compares PyTorch with ONNX Runtime,
-`engine` compares ONNX Runtime with TensorRT, on the same images; the numbers
+`engine` compares ONNX Runtime with TensorRT, on the same images (refusing a
+mask Dice drift above 0.005, the service's own rule); both check the graph
+against TensorRT's ONNX operator table first. The numbers
 are printed and saved as `<output>.parity.json`. Exit codes: 0 verified,
 1 parity failed (the unverified file is kept beside, never at the output path),
 2 bad input or a tool refused (one line on stderr, no traceback).
@@ -80,6 +82,9 @@ def onnx_command(
     images: int = typer.Option(8, min=1, help="How many images the parity check runs."),
     max_diff: Optional[float] = typer.Option(None, help="Largest allowed |logit difference| (default 1e-3, fp16 0.1)."),
     min_dice: Optional[float] = typer.Option(None, help="Smallest allowed per-class mask Dice (default 0.99, fp16 0.97)."),
+    tensorrt_ops: bool = typer.Option(True, "--tensorrt-ops-check/--no-tensorrt-ops-check",
+                                      help="Refuse graphs TensorRT's ONNX parser cannot take (see "
+                                      "inspect_edge/backends/tensorrt_onnx_ops.py); off for CPU-only models."),
 ) -> None:
     """Export a trained run to ONNX with its metadata, then check it against PyTorch."""
     from export.onnx_export import export_onnx, pytorch_vs_onnxruntime
@@ -97,6 +102,11 @@ def onnx_command(
         typer.echo(f"exported {written.precision} graph: opset {opset}, input (batch, {written.input_channels}, "
                    f"{written.input_height}, {written.input_width}), classes {list(written.classes)}, "
                    f"content hash {written.content_hash[:16]}..., {unverified.stat().st_size / 1e6:.2f} MB")
+        if tensorrt_ops:
+            from inspect_edge.backends.tensorrt_onnx_ops import check_onnx_ops
+
+            check_onnx_ops(unverified)  # UnsupportedOnnxOps is a ValueError: one line, exit 2
+            typer.echo("TensorRT ONNX parser: every operator is in the supported table")
         report = pytorch_vs_onnxruntime(model, unverified, shots, _tolerance(written.precision, max_diff, min_dice))
         _finish(report, unverified, target)
 
@@ -106,46 +116,80 @@ def onnx_command(
 def engine_command(
     onnx_path: Path = typer.Argument(..., help="ONNX file written by `inspect-edge export onnx`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Engine path (default: beside the ONNX, .engine)."),
-    fp16: bool = typer.Option(True, "--fp16/--fp32", help="FP16 kernels (TensorRT 10 flag; TensorRT 11 needs the _fp16.onnx)."),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="FP16 kernels (TensorRT 10 flag; TensorRT 11 builds "
+                              "FP32 from an FP32 graph and FP16 from the _fp16.onnx)."),
     min_batch: int = typer.Option(1, min=1), opt_batch: int = typer.Option(1, min=1),
     max_batch: int = typer.Option(8, min=1),
+    frame: Optional[str] = typer.Option(None, "--frame", help="Camera frame HxW (e.g. 256x1600): the optimisation "
+                                        "batch becomes the tiles per frame, overriding --opt-batch."),
     workspace_mib: int = typer.Option(1024, help="Builder workspace memory limit, MiB."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="CUDA device index (default $INSPECT_EDGE_GPU or 0)."),
     data: Optional[Path] = typer.Option(None, help="Data set for the parity images (default: the source run's)."),
     images: int = typer.Option(8, min=1, help="How many images the parity check runs."),
     max_diff: Optional[float] = typer.Option(None, help="Largest allowed |logit difference| vs ONNX Runtime."),
-    min_dice: Optional[float] = typer.Option(None, help="Smallest allowed per-class mask Dice vs ONNX Runtime."),
+    max_dice_drift: Optional[float] = typer.Option(None, help="Largest allowed per-class mask Dice drift vs ONNX "
+                                                   "Runtime (default 0.005, what the service refuses beyond)."),
 ) -> None:
     """Build a TensorRT engine on this device (sidecar JSON beside it), then check it against ONNX Runtime."""
-    import numpy as np
-
     from export.parity import compare_logits, pick_images
-    from inspect_edge.preprocess import normalise
     from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from inspect_edge.backends.tensorrt_backend import TensorRTBackend
-    from inspect_edge.backends.tensorrt_build import BuildOptions, build_engine, sidecar_path
+    from inspect_edge.backends.tensorrt_build import (BuildOptions, build_engine, engine_vs_onnxruntime,
+                                                      sidecar_path, tiles_per_frame)
+    from inspect_edge.backends.tensorrt_cache import MAX_DICE_DRIFT, file_lock, parity_failures
+    from inspect_edge.preprocess import normalise
 
     reference = OnnxRuntimeBackend(onnx_path)  # rejects files without our metadata before TensorRT starts
+    info = reference.info
+    reference.close()
+    _check_ops_if_onnx_installed(onnx_path)
     out = out or onnx_path.with_suffix(".engine")
     unverified = out.with_name(f"{out.stem}.unverified{out.suffix}")
-    opts = BuildOptions(fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                        workspace_mib=workspace_mib)
-    build_engine(onnx_path, unverified, opts, log=typer.echo)
+    if frame:
+        h, w = _frame_size(frame)
+        tiles = tiles_per_frame(info, h, w)
+        typer.echo(f"a {h}x{w} frame is {tiles} tile(s) of {info.input_height}x{info.input_width}: optimising for "
+                   f"batch {tiles}")
+        opts = BuildOptions.for_tiles(tiles, fp16=fp16, max_batch=max_batch, workspace_mib=workspace_mib)
+    else:
+        opts = BuildOptions(fp16=fp16, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                            workspace_mib=workspace_mib)
+    drift = MAX_DICE_DRIFT if max_dice_drift is None else max_dice_drift
+    with file_lock(out.with_name(out.name + ".lock"), log=typer.echo):  # two builds of one output: one at a time
+        build_engine(onnx_path, unverified, opts, log=typer.echo, device=gpu)
+        shots = pick_images(info, images, data=data, run=info.source_run or None, log=typer.echo)
+        ref, cand, built = engine_vs_onnxruntime(unverified, onnx_path, normalise(shots, info), gpu)
+        precision = built.precision
+        base = _tolerance(precision, max_diff, None)
+        report = compare_logits(ref, cand, built, reference="onnxruntime-cpu", candidate=f"tensorrt-{precision}",
+                                tolerance=type(base)(max_abs_logit=base.max_abs_logit, min_dice=1.0 - drift))
+        # One Dice rule for this command and the service's first build: tensorrt_cache.parity_failures.
+        report.failures = [f for f in report.failures if not f.startswith("mask Dice")]
+        report.failures += parity_failures(report.per_class_dice, drift)
+        if report.passed and unverified != out:
+            sidecar_path(unverified).replace(sidecar_path(out))
+        _finish(report, unverified, out)
 
-    engine = TensorRTBackend(unverified)
+
+def _frame_size(text: str) -> tuple[int, int]:
     try:
-        shots = pick_images(reference.info, images, data=data, run=reference.info.source_run or None, log=typer.echo)
-        x = normalise(shots, reference.info)
-        step = engine.max_batch
-        ref = np.concatenate([reference.infer(x[i:i + step]) for i in range(0, len(x), step)])
-        cand = np.concatenate([engine.infer(x[i:i + step]) for i in range(0, len(x), step)])
-    finally:
-        engine.close()
-    precision = engine.info.precision
-    report = compare_logits(ref, cand, engine.info, reference="onnxruntime-cpu", candidate=f"tensorrt-{precision}",
-                            tolerance=_tolerance(precision, max_diff, min_dice))
-    if report.passed and unverified != out:
-        sidecar_path(unverified).replace(sidecar_path(out))
-    _finish(report, unverified, out)
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"--frame: expected HxW such as 256x1600, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise typer.BadParameter(f"--frame: sizes must be positive, got {text!r}")
+    return h, w
+
+
+def _check_ops_if_onnx_installed(onnx_path: Path) -> None:
+    """The operator table check before a build; devices without the `onnx` package rely on the export's."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        typer.echo("note: `onnx` not installed, operator table check skipped (it ran at export)")
+        return
+    from inspect_edge.backends.tensorrt_onnx_ops import check_onnx_ops
+
+    check_onnx_ops(onnx_path)
 
 
 @app.command("info")
