@@ -54,7 +54,7 @@ def test_engine_rows_and_agreement(tiny):
     model = BenchModel("tiny", tiny, contenders[0].backend.info, False, "ONNX file")
     # TensorRT is absent here: it is named as not measured, with a reason, never faked.
     assert [c.name for c in contenders] == ["onnxruntime-cpu"]
-    assert any(s.startswith("tensorrt-fp16: not measured") for s in skipped)
+    assert any(s.startswith("tensorrt: not measured") for s in skipped)
     rows = time_model(model, contenders, [1, 2], FAST, log=lambda s: None)
     assert [(r["contender"], r["batch"]) for r in rows] == [("onnxruntime-cpu", 1), ("onnxruntime-cpu", 2)]
     assert sum(r["best_batch"] for r in rows) == 1

@@ -48,7 +48,7 @@ def bench(
     pipeline_seconds: float = typer.Option(10.0, "--pipeline-seconds", help="How long the pipeline runs."),
     rate_factor: float = typer.Option(2.0, "--rate-factor", help="Source rate / inference rate."),
     frame: str = typer.Option("256x1600", "--frame", help="Frame size HxW for the pipeline run."),
-    tensorrt: bool = typer.Option(True, "--tensorrt/--no-tensorrt", help="Try TensorRT FP16 (GPU only)."),
+    tensorrt: bool = typer.Option(True, "--tensorrt/--no-tensorrt", help="Try TensorRT (GPU only; labelled with the precision its engine was built with)."),
     plugins: bool = typer.Option(True, "--plugins/--no-plugins", help="Load contender plugins (PyTorch)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/bench/<UTC timestamp>)."),
 ) -> None:

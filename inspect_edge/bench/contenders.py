@@ -26,7 +26,7 @@ PLUGIN_GROUP = "inspect_edge.bench_contenders"
 
 
 class Contender(ABC):
-    name: str = "?"            # e.g. onnxruntime-cpu, tensorrt-fp16, pytorch-eager-cpu
+    name: str = "?"            # e.g. onnxruntime-cpu, tensorrt-fp16 (its built precision), pytorch-eager-cpu
     device: str = "cpu"        # cpu | cuda
     precision: str = "fp32"
     threads: int | None = None  # CPU threads it was given (None: not applicable)
@@ -45,7 +45,9 @@ class BackendContender(Contender):
 
     def __init__(self, backend, name: str, device: str, threads: int | None) -> None:
         self.backend, self.name, self.device, self.threads = backend, name, device, threads
-        self.precision = "fp16" if backend.name == "tensorrt" else backend.precision
+        # The backend's own precision: for TensorRT, what the build produced (the sidecar's
+        # ModelInfo), so an FP32 fallback is labelled fp32, never fp16 by assumption.
+        self.precision = backend.precision
         self.max_batch = backend.max_batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -91,7 +93,10 @@ def load_plugins() -> tuple[list[ContenderPlugin], list[str]]:
 
 def builtin_contenders(model: BenchModel, threads: int, *, tensorrt: bool = True,
                        engine_cache: Path | None = None) -> tuple[list[Contender], list[str]]:
-    """ONNX Runtime on the CPU always; TensorRT FP16 when it can be opened here (else a reason)."""
+    """ONNX Runtime on the CPU always; TensorRT when it can be opened here (else a reason).
+
+    The TensorRT contender is named after the precision its engine was really built
+    with (tensorrt-fp16, or tensorrt-fp32 after a fallback)."""
     from inspect_edge.backends import open_backend
 
     found: list[Contender] = [BackendContender(open_backend(model.onnx, "onnxruntime", threads),
@@ -100,8 +105,8 @@ def builtin_contenders(model: BenchModel, threads: int, *, tensorrt: bool = True
     if tensorrt:
         try:
             trt = open_backend(model.onnx, "tensorrt", engine_cache=engine_cache)
-            found.append(BackendContender(trt, "tensorrt-fp16", "cuda", None))
+            found.append(BackendContender(trt, f"tensorrt-{trt.precision}", "cuda", None))
         except Exception as e:  # no tensorrt/pycuda/GPU: the reason goes into the record
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            skipped.append(f"tensorrt-fp16: not measured ({reason[:200]})")
+            skipped.append(f"tensorrt: not measured ({reason[:200]})")
     return found, skipped
