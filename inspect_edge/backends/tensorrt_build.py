@@ -79,6 +79,8 @@ from inspect_edge.backends.tensorrt_key import (  # noqa: F401  (re-exported: ca
 )
 from inspect_edge.model_info import ModelInfo, file_sha256
 
+DEFAULT_FRAME = (256, 1600)  # the strip camera's frame (Severstal's format, the synthetic strip's default)
+
 
 # ---- the TensorRT side (needs tensorrt + pycuda) ----------------------------
 def import_tensorrt():
@@ -295,17 +297,23 @@ def check_engine_parity(engine_path: Path, onnx_path: Path, device: int | None =
 
 def cached_engine(onnx_path: str | Path, cache_dir: str | Path | None = None,
                   opts: BuildOptions | None = None, log: Callable[[str], None] = print,
-                  rebuild: bool = False, device: int | None = None, verify: bool = True) -> Path:
+                  rebuild: bool = False, device: int | None = None, verify: bool = True,
+                  frame: tuple[int, int] = DEFAULT_FRAME) -> Path:
     """The engine for `onnx_path` on this device, built (and cached) when missing, stale or `rebuild`.
 
     A first build is checked against ONNX Runtime (`check_engine_parity`) before it
     enters the cache; a refused engine never does, and its report stays beside the
     cache entry (`.refused.json`) so restarts fail fast instead of rebuilding for
     minutes; `rebuild=True` tries again. Concurrent callers build once (`build_once`).
+    Without `opts`, the optimisation batch is the tiles one `frame` (H, W) makes:
+    the service opens its backend before the first frame arrives, so it tunes for
+    the strip camera's frame, 256 x 1600, unless told otherwise.
     """
     onnx_path = Path(onnx_path)
-    _, fixed_batch = _onnx_facts(onnx_path)
-    opts = effective_options(opts or BuildOptions(), fixed_batch, log)
+    info, fixed_batch = _onnx_facts(onnx_path)
+    if opts is None:
+        opts = BuildOptions.for_tiles(tiles_per_frame(info, *frame), max_batch=BuildOptions().max_batch)
+    opts = effective_options(opts, fixed_batch, log)
     index = gpu_index(device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     key = EngineKey.for_build(current_device(index), file_sha256(onnx_path), opts)
