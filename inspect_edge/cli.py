@@ -53,6 +53,7 @@ def run(
                                          help="Model file (.onnx or TensorRT .engine); default: the built-in model."),
     backend: _Backend = typer.Option(_Backend.auto, "--backend", help="Inference backend; auto picks by file type."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU inference threads."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", help="CUDA device index for TensorRT (default $INSPECT_EDGE_GPU or 0)."),
     fit: _Fit = typer.Option(_Fit.tile, "--fit", help="tile: native resolution, tiled; resize: squeeze to the model."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 exposes the service."),
     port: int = typer.Option(8000, "--port", "-p"),
@@ -78,7 +79,7 @@ def run(
         cfg = ServiceConfig(
             source=SourceConfig(spec=str(camera) if camera is not None else source, loop=loop,
                                 realtime=realtime, fps=fps),
-            model=ModelConfig(path=model, backend=backend.value, threads=threads, fit=fit.value),
+            model=ModelConfig(path=model, backend=backend.value, threads=threads, fit=fit.value, gpu=gpu),
             events=EventsConfig(evidence=not no_evidence, evidence_min_interval_s=evidence_interval,
                                 evidence_quota_mb=evidence_quota_mb, webhook_url=webhook,
                                 webhook_cooldown_s=webhook_cooldown),
@@ -95,6 +96,10 @@ def run(
                   "(`train fit ...` then `inspect-edge export onnx ...`) and copy it there")
         _fail(f"{model_path}: no such model file")
     cfg = cfg.model_copy(update={"out": cfg.run_dir()})  # one timestamp for the whole run
+    if cfg.model.gpu is not None:
+        import os  # the TensorRT backend reads the device index from here (tensorrt_build.gpu_index)
+
+        os.environ["INSPECT_EDGE_GPU"] = str(cfg.model.gpu)
 
     from inspect_edge.server.app import InspectionServer, create_app
 

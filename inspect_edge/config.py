@@ -37,6 +37,7 @@ class ModelConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="CPU inference threads (None: the runtime decides)")
     fit: Literal["tile", "resize"] = "tile"
     tile_overlap: int = Field(32, ge=0)
+    gpu: int | None = Field(None, ge=0, description="CUDA device index for TensorRT (None: $INSPECT_EDGE_GPU, else 0)")
 
     def resolved_path(self) -> Path:
         return self.path if self.path is not None else DEFAULT_MODEL

@@ -312,6 +312,13 @@ def test_gpu_index_is_a_setting(monkeypatch):
         gpu_index()
     with pytest.raises(BackendError, match=">= 0"):
         gpu_index(-1)
+    from pydantic import ValidationError
+
+    from inspect_edge.config import ModelConfig
+
+    assert ModelConfig(gpu=1).gpu == 1 and ModelConfig().gpu is None  # `inspect-edge run --gpu N`
+    with pytest.raises(ValidationError):
+        ModelConfig(gpu=-1)
 
 
 # ---- everywhere: files, locks, timing cache, parity decision -----------------
