@@ -486,8 +486,12 @@ def test_fp16_graph_builds_strongly_typed(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(GPU_MISSING is not None, reason=GPU_MISSING or "")
-def test_cache_builds_once_and_rebuilds_engines_from_another_device(tmp_path, onnx_model):
+def test_cache_builds_once_and_rebuilds_engines_from_another_device(tmp_path, onnx_model, monkeypatch):
+    from inspect_edge.backends import tensorrt_build
     from inspect_edge.backends.tensorrt_build import cached_engine
+
+    # The service tunes for a 256x1600 frame: thousands of 32x64 tiles; one frame = one tile here.
+    monkeypatch.setattr(tensorrt_build, "DEFAULT_FRAME", (H, W))
 
     cache = tmp_path / "cache"
     first = cached_engine(onnx_model, cache, log=lambda s: None)

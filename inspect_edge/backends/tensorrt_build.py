@@ -298,7 +298,7 @@ def check_engine_parity(engine_path: Path, onnx_path: Path, device: int | None =
 def cached_engine(onnx_path: str | Path, cache_dir: str | Path | None = None,
                   opts: BuildOptions | None = None, log: Callable[[str], None] = print,
                   rebuild: bool = False, device: int | None = None, verify: bool = True,
-                  frame: tuple[int, int] = DEFAULT_FRAME) -> Path:
+                  frame: tuple[int, int] | None = None) -> Path:
     """The engine for `onnx_path` on this device, built (and cached) when missing, stale or `rebuild`.
 
     A first build is checked against ONNX Runtime (`check_engine_parity`) before it
@@ -312,7 +312,8 @@ def cached_engine(onnx_path: str | Path, cache_dir: str | Path | None = None,
     onnx_path = Path(onnx_path)
     info, fixed_batch = _onnx_facts(onnx_path)
     if opts is None:
-        opts = BuildOptions.for_tiles(tiles_per_frame(info, *frame), max_batch=BuildOptions().max_batch)
+        opts = BuildOptions.for_tiles(tiles_per_frame(info, *(frame or DEFAULT_FRAME)),
+                                      max_batch=BuildOptions().max_batch)
     opts = effective_options(opts, fixed_batch, log)
     index = gpu_index(device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
