@@ -69,8 +69,9 @@ def test_one_ffc_block_sees_the_whole_image():
     assert (y1 - y0)[..., -1, -1].abs().max() > 1e-4
 
 
-def test_discriminator_is_patchwise_spectrally_normalised_and_returns_features():
-    d = PatchDiscriminator(num_classes=2, base=8)
+def test_discriminator_is_patchwise_returns_features_and_spectral_norm_is_optional():
+    assert not any("parametrizations" in n for n, _ in PatchDiscriminator(num_classes=2, base=8).named_parameters())
+    d = PatchDiscriminator(num_classes=2, base=8, spectral=True)
     logits, feats = d(torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64), torch.zeros(2, 3, 64, 64))
     assert logits.shape[0] == 2 and logits.shape[1] == 1 and logits.shape[-1] > 1
     assert len(feats) == 4
@@ -93,6 +94,20 @@ def test_losses_behave():
     assert masked_l1(gen, real, hole).item() == 0.0
     gen[..., :2, :] = 1.0
     assert masked_l1(gen, real, hole, eps=0).item() == pytest.approx(1.0)
+
+
+def test_adversarial_losses_call_only_the_painted_patches_fake():
+    hole = torch.zeros(1, 1, 8, 8)
+    hole[..., :4, :] = 1  # top half of the image painted: top half of a 2x2 patch grid
+    real_logits = torch.full((1, 1, 2, 2), 3.0)
+    fake_logits = torch.tensor([[[[-3.0, -3.0], [3.0, 3.0]]]])  # painted patches called fake, the real pixels real
+    perfect = d_adversarial(real_logits, fake_logits, hole).item()
+    assert perfect == pytest.approx(2 * math.log1p(math.exp(-3.0)))
+    # Unmasked, the same discriminator is charged for calling the fake's real pixels real.
+    assert d_adversarial(real_logits, fake_logits).item() > perfect + 1.0
+    # The generator is judged on what it painted only: fooling there is all it can do.
+    fooled = torch.tensor([[[[3.0, 3.0], [-9.0, -9.0]]]])
+    assert g_adversarial(fooled, hole).item() == pytest.approx(math.log1p(math.exp(-3.0)))
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
     assert r1_penalty((3 * x).sum((1, 2, 3)), x).item() == pytest.approx(9 * 64)
     f = [torch.ones(1, 2), torch.zeros(1, 2)]

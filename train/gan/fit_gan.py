@@ -42,8 +42,9 @@ class GanConfig:
     ffc_blocks: int = 4
     noise_channels: int = 4  # 0: one mask gives one fill (the pre-study generator)
     ffl_weight: float = 100.0  # focal frequency loss on the hole (texture); 0 turns it off
-    ms_weight: float = 1.0  # mode-seeking diversity term; needs noise_channels > 0
+    ms_weight: float = 0.1  # mode-seeking diversity term; needs noise_channels > 0
     d_base: int = 32
+    d_spectral_norm: bool = False  # True: the pre-study discriminator (its logits stayed near 0 on a CPU budget)
     l1_weight: float = 10.0
     fm_weight: float = 5.0
     adv_weight: float = 1.0
@@ -207,7 +208,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
 
     gen = InpaintGenerator(GeneratorConfig(num_classes=k, base=cfg.base, ffc_blocks=cfg.ffc_blocks,
                                            noise_channels=cfg.noise_channels)).to(device)
-    disc = PatchDiscriminator(k, cfg.d_base).to(device)
+    disc = PatchDiscriminator(k, cfg.d_base, spectral=cfg.d_spectral_norm).to(device)
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -277,7 +278,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
             d_real, feats_real = disc(real, hole, cmap)
             feats_real = [f.detach() for f in feats_real]  # reused for feature matching: one D pass fewer
             d_fake, _ = disc(fake.detach(), hole, cmap)
-            loss_d = d_adversarial(d_real, d_fake)
+            loss_d = d_adversarial(d_real, d_fake, hole)
             r1 = torch.zeros((), device=device)
             if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
                 real_r = real.detach().requires_grad_(True)
@@ -290,7 +291,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
             # Generator step (discriminator frozen).
             disc.requires_grad_(False)
             d_fake, feats_fake = disc(fake, hole, cmap)
-            adv = g_adversarial(d_fake)
+            adv = g_adversarial(d_fake, hole)
             l1 = masked_l1(raw, real, hole)
             fm = feature_matching(feats_fake, feats_real)
             loss_g = cfg.adv_weight * adv + cfg.l1_weight * l1 + cfg.fm_weight * fm
