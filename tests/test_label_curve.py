@@ -74,6 +74,7 @@ def test_report_is_complete_and_its_differences_come_from_the_cells(study):
         assert cv2.imread(str(out / rel)) is not None and f"]({rel})" in md
     assert "label_curve.png" in report["pictures"].values()
     assert any(rel.startswith("samples_") for rel in report["pictures"].values())
+    assert "gan_draws.png" in report["pictures"].values()  # the hybrid arm needs a generator: its draws are shown
 
 
 def test_a_rerun_skips_finished_cells_and_other_settings_are_refused(study):

@@ -201,6 +201,32 @@ def sample_grids(out: Path, fraction: float, classes: list[str], per_class: int 
     return pictures
 
 
+def draws_grid(out: Path, fraction: float, n: int = 6) -> str | None:
+    """gan_draws.png: held-out masks, each painted three times by the fraction's generator
+    (input | hole + class map | draw 1 | draw 2 | draw 3 | real): does one mask get many fills?"""
+    from inspect_edge.data import open_dataset
+    from train.gan.fit_gan import load_generator, load_held_out_pairs, paint
+    from train.gan.report import colour_labels, mosaic
+
+    gen_dir = out / "gan" / fraction_tag(fraction)
+    if not (gen_dir / "generator.pt").is_file():
+        return None
+    generator, meta = load_generator(gen_dir)
+    held = open_dataset(out / "data" / fraction_tag(fraction), split="val")
+    k = len(meta["classes"])
+    pairs = load_held_out_pairs(held, k, int(meta["crop"]), 0, n)
+    if not pairs:
+        return None
+    draws = [paint(generator, pairs, k, seed=s) for s in (0, 1, 2)]
+    rows = []
+    for i, p in enumerate(pairs):
+        blanked = p.image.copy()
+        blanked[p.hole] = 127
+        rows.append([blanked, colour_labels(p.labels, p.hole), *(d[i] for d in draws), p.image])
+    cv2.imwrite(str(out / "gan_draws.png"), mosaic(rows))
+    return "gan_draws.png"
+
+
 def _ms(st: dict | None, digits: int = 4) -> str:
     if not st:
         return "n/a"
@@ -238,6 +264,9 @@ def write_study_report(out: Path) -> dict:
         if shown is not None:
             for name, rel in sample_grids(out, shown, classes).items():
                 pictures[f"{name} at {shown:g} labels (real source | copy-paste | GAN | GAN-blend | mask)"] = rel
+            rel = draws_grid(out, shown)
+            if rel:
+                pictures[f"GAN at {shown:g} labels: three draws per held-out mask (input | hole | draw 1 | draw 2 | draw 3 | real)"] = rel
     report = {"config": cfg.to_dict(), "cells_done": len(cells), "cells_missing": missing, "aggregates": agg,
               "verdict": verdict, "best_method": method, "best_method_why": why, "gan_metrics": gans,
               "pictures": pictures, "cells": cells}
