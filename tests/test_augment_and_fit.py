@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from helpers_gan_data import CLASSES, make_mask_folder
 from inspect_edge.data import open_dataset
 from train.cli import app
+from train.gan.augment_and_fit import DEFAULT_METHOD
 
 torch.set_num_threads(1)
 
@@ -38,7 +39,7 @@ def test_ablation_writes_every_output(ablation_run):
     data, out = ablation_run
     report = json.loads((out / "report.json").read_text())
     assert report["labelled_images"] == 5 and report["eval_images"] == 4 and report["classes"] == list(CLASSES)
-    assert set(report["arms"]) == set(ARMS) and report["method"] == "gan"
+    assert set(report["arms"]) == set(ARMS) and report["method"] == DEFAULT_METHOD
     for arm, res in report["arms"].items():
         m = res["metrics"]
         assert 0.0 <= m["competition_dice"] <= 1.0 and m["n_images"] == 4
@@ -112,7 +113,7 @@ def test_reusing_a_generator_skips_gan_training(ablation_run, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((out2 / "report.json").read_text())
     assert not (out2 / "gan").exists()
-    assert list(report["arms"]) == ["real+gan"] and report["verdict"] is None
+    assert list(report["arms"]) == [f"real+{DEFAULT_METHOD}"] and report["verdict"] is None
     assert report["generator"] == str(out / "gan") and report["gan_metrics"]["pairs"] == 6
 
 
