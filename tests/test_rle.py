@@ -92,3 +92,9 @@ def test_full_size_decode_matches_reference_loop():
         ref[s - 1 : s - 1 + n] = True
     assert (ref.reshape(1600, 256).T == mask).all()
     assert (rle_decode(rle, (256, 1600)) == mask).all()
+
+
+@pytest.mark.parametrize("rle", ["9223372036854775808 1", "1 99999999999999999999999", "5 9223372036854775000", "401 1"])
+def test_values_no_image_can_hold_are_refused_without_overflow(rle):
+    with pytest.raises(RLEError, match="outside the image"):
+        parse_rle(rle, (20, 20))

@@ -54,11 +54,18 @@ def parse_rle(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]
     if not _VALID.fullmatch(rle):
         bad = next(t for t in rle.split() if not _TOKEN.fullmatch(t))
         raise RLEError(f"not a non-negative integer: {bad[:20]!r}")
-    values = np.array(rle.split(), dtype=np.int64) if rle.strip() else np.empty(0, np.int64)
+    tokens = rle.split()
+    total = int(shape[0]) * int(shape[1])
+    # Checked as Python ints first: int64 would overflow (or silently wrap in start + length)
+    # on values no image can hold.
+    for i, t in enumerate(tokens):
+        if len(t) > 18 or int(t) > total:
+            raise RLEError(f"run {i // 2 + 1}: {'start' if i % 2 == 0 else 'length'} {t[:24]}"
+                           f"{'...' if len(t) > 24 else ''} is outside the image (it has {total} pixels)")
+    values = np.array(tokens, dtype=np.int64) if tokens else np.empty(0, np.int64)
     if values.size % 2:
         raise RLEError(f"odd number of values ({values.size}); RLE needs start/length pairs")
     starts, lengths = values[0::2], values[1::2]
-    total = int(shape[0]) * int(shape[1])
     if values.size == 0:
         return starts, lengths
     if (starts < 1).any():
