@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import logging
 import queue
 import shutil
@@ -99,6 +100,28 @@ class EvidenceStore:
             self._evict_oldest()
 
 
+def append_whole_line(path: Path, line: bytes) -> None:
+    """Append one complete line or nothing: a write that fails part-way (a full disk) is cut
+    back, so the next record never lands on a half line and the file stays parseable."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":  # a torn line from a crash or power cut: end it
+            line = b"\n" + line
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
+
+
 class EventRecorder:
     """The events sink: `recorder(result)` for every processed frame."""
 
@@ -173,10 +196,9 @@ class EventRecorder:
             return False
 
     def _append_log(self, event: dict) -> None:
-        line = json.dumps(event, separators=(",", ":")) + "\n"
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8")
         try:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(line)
+            append_whole_line(self.log_path, line)
         except OSError as e:
             with self._lock:
                 self._log_errors += 1

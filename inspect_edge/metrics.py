@@ -58,6 +58,8 @@ class _StateCollector:
             ev = self.events.counts()
             yield CounterMetricFamily(f"{p}_events", "Frames with defects written to the event log.",
                                       value=ev["events"])
+            yield CounterMetricFamily(f"{p}_event_log_errors", "Events that could not be written to events.jsonl (full or read-only disk).",
+                                      value=ev["log_errors"])
             evidence = CounterMetricFamily(f"{p}_evidence", "Evidence sets, by outcome.", labels=["outcome"])
             for outcome, n in ev["evidence"].items():
                 evidence.add_metric([outcome], n)
