@@ -153,6 +153,7 @@ def register(app: typer.Typer) -> None:
         crop_width: int = typer.Option(176, "--crop-width"),
         gan_crop: int = typer.Option(96, "--gan-crop", help="Square crop the generator paints in (multiple of 8)."),
         gan_base: int = typer.Option(12, "--gan-base", help="Generator width."),
+        gan_measure_at_min: str = typer.Option("", "--gan-measure-at-min", help="Also measure each generator at these training minutes (gan/<fraction>/quality_curve.json), e.g. 3,6,10,15."),
         size: str = typer.Option("nano", "--size"),
         threads: Optional[int] = typer.Option(2, "--threads"),
         device: str = typer.Option("auto", "--device"),
@@ -174,6 +175,7 @@ def register(app: typer.Typer) -> None:
                     ceiling_epochs=ceiling_epochs, synthetic_per_batch=synthetic_per_batch, count=count, gan_minutes=gan_minutes,
                     fit_val_images=fit_val_images, batch_size=batch_size, crop_height=crop_height, crop_width=crop_width,
                     gan_crop=gan_crop, gan_base=gan_base, size=size, threads=threads, device=device,
+                    gan_options={"measure_at_min": _numbers(gan_measure_at_min, float, "--gan-measure-at-min")} if gan_measure_at_min.strip() else {},
                 )
                 r = run_study(cfg)
             except ValueError as e:
