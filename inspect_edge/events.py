@@ -1,19 +1,23 @@
 """Defect events: a JSON-lines log, evidence on disk, an optional webhook.
 
 Called from the inference thread for every processed frame, so it must be
-cheap and must never raise: the log line is appended there (small, and the
-one record that must not be lost), while evidence images and webhook calls go
-to a worker thread through a bounded queue. Every outcome is counted (saved,
-rate-limited, backlog, write error, quota eviction; sent, failed, cooldown), so
-nothing is lost silently. A full disk costs evidence, never the service.
+cheap and must never raise. Evidence images and webhook calls go to a worker
+thread through a bounded queue; the log line of an event with evidence is
+appended by that worker once the evidence is written (or has failed), so a line
+never names a folder that does not exist; other lines are appended at once.
+Each line is written whole (`append_whole_line`). Every outcome is counted
+(saved, rate-limited, backlog, write error, writer error, unsaved at stop, quota
+eviction; sent, failed, cooldown), so nothing is lost silently. A full disk
+costs evidence, never the service.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
-import os
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -23,14 +27,17 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from inspect_edge.config import EventsConfig
 from inspect_edge.overlay import encode_jpeg, encode_mask_png, render_overlay
 from inspect_edge.pipeline import FrameResult
-from inspect_edge.worker import StoppableThread
+from inspect_edge.worker import SupervisedThread
 
 log = logging.getLogger(__name__)
 
-EVIDENCE_OUTCOMES = ("saved", "rate_limited", "backlog", "write_error", "evicted")
+# error: the writer itself failed (a bug, logged with its traceback); unsaved: still queued at stop.
+EVIDENCE_OUTCOMES = ("saved", "rate_limited", "backlog", "write_error", "error", "unsaved", "evicted")
 WEBHOOK_OUTCOMES = ("sent", "failed", "cooldown", "backlog", "shutdown")
 
 
@@ -40,6 +47,9 @@ def iso(t: float) -> str:
 
 class EvidenceStore:
     """One folder per event (frame.jpg, overlay.jpg, mask.png, event.json) under a byte quota.
+
+    mask.png packs class k into bit k (8-bit up to 8 classes, 16-bit up to 16);
+    a model with more classes gets masks.npz instead.
 
     Folder names sort by time, so the oldest evidence is the first to go, both
     when the quota is exceeded and when the disk is full.
@@ -62,9 +72,14 @@ class EvidenceStore:
         files = {
             "frame.jpg": encode_jpeg(result.image, 90),
             "overlay.jpg": encode_jpeg(render_overlay(result.image, result.masks, result.defects), 85),
-            "mask.png": encode_mask_png(result.masks),
             "event.json": (json.dumps(event, indent=2) + "\n").encode(),
         }
+        if result.masks.shape[0] <= 16:
+            files["mask.png"] = encode_mask_png(result.masks)
+        else:  # more classes than a PNG's bits: one boolean plane per class
+            buf = io.BytesIO()
+            np.savez_compressed(buf, masks=result.masks)
+            files["masks.npz"] = buf.getvalue()
         try:
             path = self._write(name, files)
         except OSError as e:
@@ -142,7 +157,9 @@ class EventRecorder:
         self._last_evidence = -1e18
         self._last_webhook = -1e18
         self._last_log_warning = -1e18
-        self._worker = StoppableThread(self._work, "events")
+        self._order: deque[list] = deque()  # [event, complete] in frame order; see __call__
+        self._order_lock = threading.Lock()
+        self._worker = SupervisedThread(self._work, "events")
         self._stop = self._worker.stop_event
 
     def start(self) -> None:
@@ -150,10 +167,16 @@ class EventRecorder:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._worker.stop(timeout)
+        if not self._worker.running:
+            self._flush_unsaved()
 
     @property
     def running(self) -> bool:
         return self._worker.running
+
+    @property
+    def thread(self) -> SupervisedThread:
+        return self._worker
 
     def counts(self) -> dict:
         with self._lock:
@@ -179,12 +202,28 @@ class EventRecorder:
             want_webhook = bool(self.cfg.webhook_url) and now - self._last_webhook >= self.cfg.webhook_cooldown_s
             if self.cfg.webhook_url and not want_webhook:
                 self._webhook["cooldown"] += 1
-        if want_evidence and self._enqueue(("evidence", name, result, dict(event)), self._evidence):
+        # A line names evidence only once it exists: an event waiting for its evidence
+        # holds its line (and the lines after it, to keep the log in frame order) until
+        # the worker has written it or failed. The webhook job queues behind it, so it
+        # names the evidence too.
+        entry = [event, False]
+        with self._order_lock:
+            self._order.append(entry)
+        if want_evidence and self._enqueue(("evidence", name, result, event, entry), self._evidence):
             self._last_evidence = now
-            event["evidence"] = f"evidence/{name}"
+        else:
+            entry[1] = True
         if want_webhook and self._enqueue(("webhook", event), self._webhook):
             self._last_webhook = now
-        self._append_log(event)
+        self._flush_lines()
+
+    def _flush_lines(self, done: list | None = None) -> None:
+        """Write every line at the head of the order whose event is complete."""
+        with self._order_lock:
+            if done is not None:
+                done[1] = True
+            while self._order and self._order[0][1]:
+                self._append_log(self._order.popleft()[0])
 
     def _enqueue(self, job: tuple, outcomes: dict) -> bool:
         try:
@@ -208,6 +247,7 @@ class EventRecorder:
 
     # ---- worker thread -----------------------------------------------------
     def _work(self) -> None:
+        """The supervised target; a job that raises is finished first, then the thread restarts."""
         while not (self._stop.is_set() and self._jobs.empty()):
             try:
                 job = self._jobs.get(timeout=0.2)
@@ -222,16 +262,39 @@ class EventRecorder:
             else:
                 self._post(job[1])
 
-    def _save_evidence(self, name: str, result: FrameResult, event: dict) -> None:
-        event["evidence"] = f"evidence/{name}"
+    def _save_evidence(self, name: str, result: FrameResult, event: dict, entry: list) -> None:
+        outcome = "error"
         try:
-            self.store.save(name, result, event)
+            self.store.save(name, result, dict(event, evidence=f"evidence/{name}"))
             outcome = "saved"
         except OSError as e:
             log.error("evidence %s not saved: %s", name, e)
             outcome = "write_error"
-        with self._lock:
-            self._evidence[outcome] += 1
+            event["evidence_error"] = str(e)
+        finally:  # also when saving raised something unexpected: the event is logged either way
+            if outcome == "saved":
+                event["evidence"] = f"evidence/{name}"
+            elif outcome == "error":
+                event["evidence_error"] = "evidence writer failed (see the service log)"
+            with self._lock:
+                self._evidence[outcome] += 1
+            self._flush_lines(entry)
+
+    def _flush_unsaved(self) -> None:
+        """Jobs left when the worker is gone for good: log their events, say evidence was not written."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job[0] == "evidence":
+                job[3]["evidence_error"] = "not written: the service stopped before the evidence writer reached it"
+                with self._lock:
+                    self._evidence["unsaved"] += 1
+                self._flush_lines(job[4])
+            else:
+                with self._lock:
+                    self._webhook["shutdown"] += 1
 
     def _post(self, event: dict) -> None:
         body = json.dumps({"source": "inspect-edge", **event}).encode()

@@ -24,8 +24,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class _StateCollector:
     """Counters and gauges read from the live objects at scrape time."""
 
-    def __init__(self, capture, pipeline, events) -> None:
-        self.capture, self.pipeline, self.events = capture, pipeline, events
+    def __init__(self, capture, pipeline, events, threads=None) -> None:
+        self.capture, self.pipeline, self.events, self.threads = capture, pipeline, events, threads
 
     def describe(self):
         return []  # families are built per scrape; nothing to pre-register
@@ -49,6 +49,17 @@ class _StateCollector:
                                   value=cap.reconnects)
         yield GaugeMetricFamily(f"{p}_model_loaded", "1 once the model is loaded and warmed up.",
                                 value=1 if self.pipeline.ready.is_set() else 0)
+        if self.threads is not None:
+            restarts = CounterMetricFamily(f"{p}_thread_restarts", "Worker threads restarted after an unexpected exception.",
+                                           labels=["thread"])
+            healthy = GaugeMetricFamily(f"{p}_thread_healthy", "0 once a worker thread died or ran out of restarts (/healthz 503).",
+                                        labels=["thread"])
+            for name, t in self.threads().items():
+                st = t.status()
+                restarts.add_metric([name], st["restarts"])
+                healthy.add_metric([name], 1 if st["healthy"] else 0)
+            yield restarts
+            yield healthy
         defects = CounterMetricFamily(f"{p}_defects", "Defects found, by class (one per defect per frame).",
                                       labels=["class"])
         for name, n in pipe.defects.items():
@@ -86,8 +97,9 @@ class ServiceMetrics:
         self.model = Info(f"{p}_model", "The model being served.", registry=self.registry)
         self._area_values: dict[str, float] = {}
 
-    def bind(self, capture, pipeline, events=None) -> None:
-        self.registry.register(_StateCollector(capture, pipeline, events))
+    def bind(self, capture, pipeline, events=None, threads=None) -> None:
+        """`threads`: a callable giving {name: SupervisedThread}, read at every scrape."""
+        self.registry.register(_StateCollector(capture, pipeline, events, threads))
         self.registry.register(_AreaCollector(self))
 
     def set_model(self, model_version: str, backend: str, precision: str) -> None:

@@ -78,12 +78,18 @@ def encode_jpeg(image: np.ndarray, quality: int = 80) -> bytes:
 
 
 def encode_mask_png(masks: np.ndarray) -> bytes:
-    """(K, H, W) bool as one 8-bit PNG: bit k set where class k is present (K <= 8), lossless."""
-    if masks.shape[0] > 8:
-        raise ValueError(f"mask PNG holds at most 8 classes, got {masks.shape[0]}")
-    packed = np.zeros(masks.shape[1:], np.uint8)
-    for k in range(masks.shape[0]):
-        packed |= masks[k].astype(np.uint8) << k
+    """(K, H, W) bool as one PNG, lossless: bit k set where class k is present.
+
+    8-bit for up to 8 classes, 16-bit for up to 16; more classes than a PNG
+    channel has bits is refused with the count (callers write masks another way).
+    """
+    k_count = masks.shape[0]
+    if k_count > 16:
+        raise ValueError(f"mask PNG holds at most 16 classes, got {k_count}")
+    dtype = np.uint8 if k_count <= 8 else np.uint16
+    packed = np.zeros(masks.shape[1:], dtype)
+    for k in range(k_count):
+        packed |= masks[k].astype(dtype) << k
     ok, buf = cv2.imencode(".png", packed)
     if not ok:
         raise ValueError("PNG encoding failed")

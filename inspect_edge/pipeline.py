@@ -4,7 +4,10 @@ The backend is built inside the inference thread by a factory: TensorRT binds
 its CUDA context, buffers and stream to the thread that creates them, so a
 backend made on another thread would fail there. Sinks (metrics, live view,
 events) are plain callables run after each frame; a failing sink is logged and
-never stops inspection.
+never stops inspection. Before the first camera frame, warm-up runs one strip
+frame through every stage and refuses a model whose output does not match its
+metadata (class count, output size, finite logits): such a model would otherwise
+drop every frame, or report defects at wrong coordinates.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from inspect_edge.postprocess import Defect, analyse_logits
 from inspect_edge.preprocess import FitMode, Preprocessor
 from inspect_edge.sources.base import Frame
 from inspect_edge.sources.capture import LatestFrameCapture
-from inspect_edge.worker import RateMeter, StoppableThread
+from inspect_edge.worker import RateMeter, RepeatedFailureLog, SupervisedThread
 
 log = logging.getLogger(__name__)
 
 STAGES = ("preprocess", "inference", "postprocess")
+WARMUP_FRAME = (256, 1600)  # the strip camera's frame: warm-up checks tiling and stitching as frames will use them
 
 
 @dataclass
@@ -68,7 +72,9 @@ class InspectionPipeline:
         self._counts = PipelineCounts()
         self._lock = threading.Lock()
         self._rate = RateMeter()               # completion times, for the processed rate
-        self._worker = StoppableThread(self._run, "inference")
+        self._frame_failures = RepeatedFailureLog(log, "frame inference")
+        self._sink_failures: dict[int, RepeatedFailureLog] = {}
+        self._worker = SupervisedThread(self._run, "inference")
         self._stop = self._worker.stop_event
 
     def start(self) -> None:
@@ -81,6 +87,10 @@ class InspectionPipeline:
     def running(self) -> bool:
         return self._worker.running
 
+    @property
+    def thread(self) -> SupervisedThread:
+        return self._worker
+
     def counts(self) -> PipelineCounts:
         with self._lock:
             return PipelineCounts(self._counts.processed, self._counts.errors, dict(self._counts.defects))
@@ -91,6 +101,7 @@ class InspectionPipeline:
 
     # ---- inference thread --------------------------------------------------
     def _run(self) -> None:
+        """The supervised target: an exception escaping here restarts it (and reloads the model)."""
         try:
             backend = self.backend_factory()
         except Exception as e:  # any loader failure must reach /readyz, not kill silently
@@ -98,13 +109,19 @@ class InspectionPipeline:
             log.error("model not loaded: %s", self.load_error)
             return
         try:
-            backend.warmup(1)
+            pre = Preprocessor(backend.info, self.fit, self.overlap)
+            refused = self._check_model(backend, pre)
+            if refused:
+                self.load_error = f"model refused: {refused}"
+                log.error("%s", self.load_error)
+                return  # restarting cannot fix the model: /readyz says why, the process stays up
+            self.load_error = ""
             self.info, self.backend_name, self.precision = backend.info, backend.name, backend.precision
             with self._lock:
-                self._counts.defects = {c: 0 for c in self.info.classes}
+                if not self._counts.defects:
+                    self._counts.defects = {c: 0 for c in self.info.classes}
             if self.on_model_loaded:
                 self.on_model_loaded(backend)
-            pre = Preprocessor(backend.info, self.fit, self.overlap)
             self.ready.set()
             while not self._stop.is_set():
                 frame = self.capture.take(timeout=0.2)
@@ -113,7 +130,7 @@ class InspectionPipeline:
                 try:
                     result = self._process(frame, backend, pre)
                 except Exception:
-                    log.exception("frame %d failed; dropped", frame.seq)
+                    self._frame_failures.failed(f"frame {frame.seq} dropped")
                     with self._lock:
                         self._counts.errors += 1
                     continue
@@ -122,13 +139,25 @@ class InspectionPipeline:
                     try:
                         sink(result)
                     except Exception:
-                        log.exception("sink %r failed on frame %d", sink, frame.seq)
-        except Exception as e:
-            self.load_error = f"warm-up failed: {e}"
-            log.exception("inference thread stopped")
+                        self._sink_failures.setdefault(id(sink), RepeatedFailureLog(
+                            log, f"sink {getattr(sink, '__name__', type(sink).__name__)}")).failed(f"frame {frame.seq}")
         finally:
             self.ready.clear()
             backend.close()
+
+    def _check_model(self, backend: Backend, pre: Preprocessor) -> str:
+        """Run one strip frame through every stage; the reason it cannot run, or '' when it can."""
+        try:
+            backend.warmup(1)
+        except Exception as e:
+            return f"warm-up inference failed: {type(e).__name__}: {e}"
+        h, w = WARMUP_FRAME
+        frame = Frame(0, np.tile(np.linspace(40, 200, w, dtype=np.uint8), (h, 1)), time.time(), time.monotonic())
+        try:
+            self._process(frame, backend, pre)
+        except Exception as e:
+            return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        return ""
 
     def _process(self, frame: Frame, backend: Backend, pre: Preprocessor) -> FrameResult:
         info = backend.info
@@ -140,6 +169,8 @@ class InspectionPipeline:
         parts = [backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
         logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
         t2 = time.perf_counter()
+        if not np.isfinite(logits).all():
+            raise ValueError(f"model output holds {np.count_nonzero(~np.isfinite(logits))} NaN or infinite values")
         full = pre.stitch(logits, plan)
         masks, defects = analyse_logits(full, info, frame.capture_time)
         pixels = float(masks.shape[1] * masks.shape[2])

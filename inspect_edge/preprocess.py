@@ -135,8 +135,16 @@ class Preprocessor:
 
     def stitch(self, logits: np.ndarray, plan: FramePlan) -> np.ndarray:
         """(tiles, K, model_h, model_w) -> (K, H, W) logits in frame pixels."""
+        info = self.info
+        want = (plan.num_tiles, info.num_classes, info.input_height, info.input_width)
         if logits.ndim != 4 or logits.shape[0] != plan.num_tiles:
-            raise ValueError(f"logits: expected ({plan.num_tiles}, K, h, w), got {logits.shape}")
+            raise ValueError(f"model output: expected shape {want} for {plan.num_tiles} tile(s), got {tuple(logits.shape)}")
+        if logits.shape[1] != info.num_classes:
+            raise ValueError(f"model output has {logits.shape[1]} channels but its metadata names "
+                             f"{info.num_classes} classes ({', '.join(info.classes)})")
+        if logits.shape[2:] != (info.input_height, info.input_width):
+            raise ValueError(f"model output is {logits.shape[2]}x{logits.shape[3]} but its input is "
+                             f"{info.input_height}x{info.input_width}: defects need logits at input resolution")
         h, w = plan.frame_shape
         k, mh, mw = logits.shape[1:]
         if plan.fit == "resize":

@@ -21,6 +21,7 @@ class FlakyMjpegCamera:
         self.fps = fps
         self.generation = 0            # bumped by drop(): streams of older generations end
         self.down_until = 0.0
+        self.frozen_until = 0.0        # freeze(): connections stay open but nothing is sent
         self.connections = 0
         self.frames_sent = 0
         camera = self
@@ -37,6 +38,9 @@ class FlakyMjpegCamera:
                 self.end_headers()
                 i = 0
                 while generation == camera.generation and not camera._stopped.is_set():
+                    if time.monotonic() < camera.frozen_until:
+                        time.sleep(0.02)
+                        continue
                     ok, jpg = cv2.imencode(".jpg", strip_frame(i))
                     part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
                             + jpg.tobytes() + b"\r\n")
@@ -67,6 +71,10 @@ class FlakyMjpegCamera:
     def drop(self, outage_s: float) -> None:
         self.down_until = time.monotonic() + outage_s
         self.generation += 1
+
+    def freeze(self, seconds: float) -> None:
+        """Like a camera or RTSP server stopped with SIGSTOP: the socket stays open and silent."""
+        self.frozen_until = time.monotonic() + seconds
 
     def stop(self) -> None:
         self._stopped.set()

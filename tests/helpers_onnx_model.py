@@ -22,22 +22,37 @@ SLOPE = 4.0  # logit change per unit of normalised input: a sharp but finite edg
 
 def build_dark_spot_model(path: Path, *, classes=("dark", "very_dark"), cutoffs=(90, 40),
                           height: int = 64, width: int = 128, min_areas=(4, 4),
-                          model_version: str = "test-1.0", fixed_batch: int | None = None) -> ModelInfo:
+                          model_version: str = "test-1.0", fixed_batch: int | None = None,
+                          output_channels: int | None = None, output_stride: int = 1, nan: bool = False) -> ModelInfo:
+    """`output_channels`, `output_stride` and `nan` build models that break their own metadata
+    (fewer channels than classes, a downsampled output, NaN logits), as a bad export would."""
     info = ModelInfo(classes=tuple(classes), input_height=height, input_width=width, mean=0.5, std=0.25,
                      thresholds=(0.5,) * len(classes), min_areas=tuple(min_areas),
                      model_version=model_version, arch="dark-spot-test", source_run="tests")
-    k = len(classes)
+    k = output_channels or len(classes)
+    cutoffs = (tuple(cutoffs) * k)[:k]
     weight = np.full((k, 1, 3, 3), -SLOPE / 9.0, np.float32)
     # logit_k = -SLOPE * x + b_k is 0 exactly where the normalised input x equals the cutoff's.
     x_cut = np.array([(c / 255.0 - info.mean) / info.std for c in cutoffs], np.float32)
     bias = (SLOPE * x_cut).astype(np.float32)
     batch = fixed_batch if fixed_batch else "batch"
+    conv_out = "logits" if output_stride == 1 and not nan else "conv"
+    nodes = [helper.make_node("Conv", ["image", "w", "b"], [conv_out], pads=[1, 1, 1, 1], kernel_shape=[3, 3])]
+    if output_stride > 1:
+        nodes.append(helper.make_node("AveragePool", ["conv"], ["pooled" if nan else "logits"],
+                                      kernel_shape=[output_stride] * 2, strides=[output_stride] * 2))
+    if nan:  # sqrt of a negative number: NaN everywhere
+        nodes.append(helper.make_node("Sqrt", ["pooled" if output_stride > 1 else "conv"], ["root"]))
+        nodes.append(helper.make_node("Neg", ["root"], ["logits"]))
+        weight = -np.abs(weight) - 1.0
+        bias = -np.abs(bias) - 1e3
+    oh, ow = height // output_stride, width // output_stride
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w", "b"], ["logits"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])],
+        nodes,
         "dark_spots",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, height, width])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, height, width])],
-        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, oh, ow])],
+        initializer=[numpy_helper.from_array(weight.astype(np.float32), "w"), numpy_helper.from_array(bias.astype(np.float32), "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="inspect-edge-tests")
     model.ir_version = 8

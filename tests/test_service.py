@@ -187,7 +187,9 @@ def test_lost_camera_is_reconnected_and_metrics_say_so(tmp_path, model):
             m, s = svc.metrics(), svc.stats()
             assert m[("inspect_edge_camera_up", ())] == 1 and s["source"]["up"]
             assert m[("inspect_edge_camera_reconnects_total", ())] == s["source"]["reconnects"] >= 1
-            assert svc.client.get("/readyz").status_code == 200
+            assert s["source"]["last_error"] == ""  # recovered: the outage's error is gone
+            # Ready again once frames have flowed for ready_recover_s (2 s), not at the first frame.
+            wait_until(lambda: svc.client.get("/readyz").status_code == 200, 10, "/readyz 200 after recovery")
         finally:
             rc, took = svc.stop(signal.SIGINT)
     assert rc == 0, svc.output()

@@ -22,6 +22,7 @@ from inspect_edge.overlay import class_color_hex
 from inspect_edge.pipeline import FrameResult, InspectionPipeline
 from inspect_edge.server.live import LiveView
 from inspect_edge.sources import LatestFrameCapture, open_source
+from inspect_edge.worker import SupervisedThread
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class InspectionService:
         self.source = open_source(s.spec, loop=s.loop, realtime=s.realtime, fps=s.fps,
                                   open_timeout_s=s.open_timeout_s, read_timeout_s=s.read_timeout_s)
         self.capture = LatestFrameCapture(self.source, backoff_initial_s=s.reconnect_initial_s,
-                                          backoff_max_s=s.reconnect_max_s)
+                                          backoff_max_s=s.reconnect_max_s, stall_timeout_s=s.read_timeout_s,
+                                          streak_gap_s=cfg.server.ready_stale_s)
         self.metrics = ServiceMetrics()
         self.events = EventRecorder(self.run_dir, cfg.events)
         sv = cfg.server
@@ -54,7 +56,7 @@ class InspectionService:
             self.capture, backend_factory or default_backend_factory(cfg),
             fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
             sinks=[self._observe, self.live, self.events], on_model_loaded=self._model_loaded)
-        self.metrics.bind(self.capture, self.pipeline, self.events)
+        self.metrics.bind(self.capture, self.pipeline, self.events, self.threads)
         self.stopping = threading.Event()   # streaming responses end when this is set
         self.started_at = time.monotonic()
         self._stopped = False
@@ -78,10 +80,18 @@ class InspectionService:
         except OSError as e:
             log.error("cannot write the run summary: %s", e)
 
+    def threads(self) -> dict[str, SupervisedThread]:
+        return {"capture": self.capture.thread, "inference": self.pipeline.thread, "events": self.events.thread}
+
     def threads_alive(self) -> list[str]:
-        parts = {"capture": self.capture.running, "inference": self.pipeline.running,
-                 "events": self.events.running}
-        return [name for name, alive in parts.items() if alive]
+        return [name for name, t in self.threads().items() if t.running]
+
+    def health(self) -> tuple[bool, str, dict]:
+        """Whether the process should be restarted: a worker thread died or is past its restart budget."""
+        states = {name: t.status() for name, t in self.threads().items()}
+        bad = [f"thread {name!r} {st['state']} after {st['restarts']} restart(s): {st['last_error'] or 'no error recorded'}"
+               for name, st in states.items() if not st["healthy"]]
+        return not bad, "; ".join(bad) or "ok", states
 
     # ---- sinks and callbacks (inference thread) ----------------------------
     def _model_loaded(self, backend: Backend) -> None:
@@ -103,12 +113,17 @@ class InspectionService:
             return False, "model loading"
         cap = self.capture.counts()
         if cap.finished:
-            return False, f"source ended ({self.source.spec})"
+            why = f": {cap.last_error}" if cap.last_error else ""
+            return False, f"source ended ({self.source.spec}){why}"
         if not cap.up:
             return False, f"source down: {cap.last_error or 'connecting'}"
-        age = time.monotonic() - cap.last_frame_mono if cap.last_frame_mono else None
+        now = time.monotonic()
+        age = now - cap.last_frame_mono if cap.last_frame_mono else None
         if age is None or age > self.cfg.server.ready_stale_s:
             return False, "source connected but no recent frame"
+        flowing = now - cap.streak_start_mono
+        if flowing < self.cfg.server.ready_recover_s:
+            return False, f"source recovering: frames flowing for {flowing:.1f} s of {self.cfg.server.ready_recover_s:g} s"
         return True, "ok"
 
     def stats(self) -> dict:

@@ -3,7 +3,9 @@
 The inference side always takes the newest frame; a frame overwritten before
 it was taken is counted as dropped ("stale"), so lag never builds up and every
 captured frame ends up processed or dropped for a stated reason. A lost live
-source is reopened with exponential backoff, without restarting anything.
+source is reopened with exponential backoff, without restarting anything. A
+source that stays open but sends nothing for `stall_timeout_s` is reported down
+until its next frame.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 from inspect_edge.sources.base import Frame, Source, SourceEnded, SourceError
 from inspect_edge.sources.images import UnreadableImage
-from inspect_edge.worker import RateMeter, StoppableThread
+from inspect_edge.worker import RateMeter, SupervisedThread
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +35,24 @@ class CaptureCounts:
     finished: bool = False       # a finite source reached its end
     last_error: str = ""
     last_frame_mono: float = 0.0
+    streak_start_mono: float = 0.0  # first frame of the current run with no gap over streak_gap_s
 
 
 class LatestFrameCapture:
     def __init__(self, source: Source, *, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0,
-                 name: str = "capture") -> None:
+                 stall_timeout_s: float | None = None, streak_gap_s: float = 3.0, name: str = "capture") -> None:
         self.source = source
+        self.stall_timeout_s = stall_timeout_s
+        self.streak_gap_s = streak_gap_s
+        self._opened_mono = 0.0
+        self._stalled = False
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._counts = CaptureCounts()
         self._lock = threading.Lock()
         self._new_frame = threading.Condition(self._lock)
         self._slot: Frame | None = None      # newest frame not yet taken
-        self._worker = StoppableThread(self._run, name)
+        self._worker = SupervisedThread(self._run, name)
         self._stop = self._worker.stop_event
         self._rate = RateMeter()               # capture times, for the capture rate
 
@@ -61,8 +68,18 @@ class LatestFrameCapture:
     def counts(self) -> CaptureCounts:
         with self._lock:
             c = self._counts
-            return CaptureCounts(c.captured, dict(c.dropped), c.reconnects, c.failed_opens, c.up,
-                                 c.finished, c.last_error, c.last_frame_mono)
+            up, last_error = c.up, c.last_error
+            if up and self.stall_timeout_s is not None:
+                # An open stream can stop sending without an error (a frozen camera, a
+                # paused server): its read blocks, so silence itself is the signal.
+                quiet = time.monotonic() - max(c.last_frame_mono, self._opened_mono)
+                if quiet > self.stall_timeout_s:
+                    up, last_error = False, f"no new frame for {quiet:.1f} s (read timeout {self.stall_timeout_s:g} s)"
+                    if not self._stalled:
+                        log.warning("source %s: %s; reported down until a frame arrives", self.source.spec, last_error)
+                    self._stalled = True
+            return CaptureCounts(c.captured, dict(c.dropped), c.reconnects, c.failed_opens, up,
+                                 c.finished, last_error, c.last_frame_mono, c.streak_start_mono)
 
     def capture_fps(self, window_s: float = 5.0) -> float:
         with self._lock:
@@ -71,6 +88,10 @@ class LatestFrameCapture:
     @property
     def running(self) -> bool:
         return self._worker.running
+
+    @property
+    def thread(self) -> SupervisedThread:
+        return self._worker
 
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -95,6 +116,7 @@ class LatestFrameCapture:
             except SourceError as e:
                 self._mark_down(str(e), failed_open=True)
                 if not self.source.live:
+                    log.error("cannot open %s: %s", self.source.spec, e)
                     self._finish()
                     return
                 log.warning("%s; retrying in %.1f s", e, backoff)
@@ -103,6 +125,8 @@ class LatestFrameCapture:
                 continue
             with self._lock:
                 self._counts.up = True
+                self._counts.last_error = ""  # recovered: an old error would only mislead
+                self._opened_mono = time.monotonic()
                 if was_up:
                     self._counts.reconnects += 1
                     log.warning("source %s reconnected", self.source.spec)
@@ -156,7 +180,12 @@ class LatestFrameCapture:
         with self._new_frame:
             c = self._counts
             c.captured += 1
+            if now_mono - c.last_frame_mono > self.streak_gap_s:
+                c.streak_start_mono = now_mono
             c.last_frame_mono = now_mono
+            if self._stalled:
+                self._stalled = False
+                log.warning("source %s delivers again", self.source.spec)
             if self._slot is not None:
                 c.dropped["stale"] += 1
             self._slot = Frame(c.captured, image, now, now_mono)
