@@ -64,6 +64,11 @@ def run(
     webhook: Optional[str] = typer.Option(None, "--webhook", help="URL to POST defect events to."),
     webhook_cooldown: float = typer.Option(30.0, "--webhook-cooldown", help="Seconds between webhook calls."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="INSPECT_EDGE_AUTH_TOKEN", show_envvar=True,
+                                             help="Require this bearer token on every endpoint but /healthz and /readyz."),
+    metrics_open: bool = typer.Option(True, "--metrics-open/--metrics-need-token",
+                                      help="With a token: leave /metrics open for Prometheus, or ask it for the token too."),
+    max_viewers: int = typer.Option(8, "--max-viewers", help="Concurrent /stream.mjpg viewers; more get 503."),
 ) -> None:
     """Serve live inspection: camera -> model -> live page, /metrics, defect events."""
     import logging
@@ -74,6 +79,8 @@ def run(
     from inspect_edge.config import (EventsConfig, ModelConfig, ServerConfig, ServiceConfig,
                                      SourceConfig)
 
+    if log_level.lower() not in LOG_LEVELS:
+        _fail(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = ServiceConfig(
@@ -83,7 +90,8 @@ def run(
             events=EventsConfig(evidence=not no_evidence, evidence_min_interval_s=evidence_interval,
                                 evidence_quota_mb=evidence_quota_mb, webhook_url=webhook,
                                 webhook_cooldown_s=webhook_cooldown),
-            server=ServerConfig(host=host, port=port),
+            server=ServerConfig(host=host, port=port, auth_token=auth_token or None, metrics_open=metrics_open,
+                                max_viewers=max_viewers),
             out=out,
         )
     except ValidationError as e:
@@ -103,10 +111,19 @@ def run(
 
     from inspect_edge.server.app import InspectionServer, create_app
 
+    busy = _port_taken(host, port)  # before the model loads: a taken port is the whole answer
+    if busy:
+        _fail(f"cannot listen on {host}:{port}: {busy} (another inspect-edge, or pick --port)")
     try:
         app_ = create_app(cfg)
     except ValueError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write the run folder {cfg.out}: {e.strerror or e} (pass --out on a writable disk)")
+    if not _is_loopback(host) and not auth_token:
+        logging.getLogger("inspect_edge").warning(
+            "listening on %s: live video, snapshots and stats are open to anyone who can reach this port; "
+            "put it behind a reverse proxy with TLS and authentication (deploy/README.md)", host)
     typer.echo(f"inspect-edge: serving {cfg.source.spec} on http://{host}:{port}  (run folder {cfg.out})")
     server = InspectionServer(app_, host, port)
     # uvicorn re-raises the stop signal after its clean shutdown; with this handler
@@ -117,7 +134,40 @@ def run(
     except KeyboardInterrupt:
         pass
     if not server.started:
-        _fail(f"could not serve on {host}:{port} (port in use, or the model failed; see the log above)")
+        _fail(f"could not serve on {host}:{port} (see the log above)")
+    if server.exited_unhealthy:
+        typer.echo("inspect-edge: stopped because a worker thread failed for good (see the log above)", err=True)
+        raise typer.Exit(3)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _port_taken(host: str, port: int) -> str:
+    """Why `host:port` cannot be bound now, or '' when it can (bound the way uvicorn binds)."""
+    import socket
+
+    if port == 0:
+        return ""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return ""
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _fail(message: str) -> NoReturn:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
 
@@ -60,7 +60,12 @@ class ServerConfig(_Strict):
     jpeg_quality: int = Field(80, ge=10, le=100)
     recent_window_s: float = Field(300.0, gt=0, description="'defects in the last minutes' window")
     recent_interval_s: float = Field(1.0, ge=0, description="at most one recent-defect entry per class per interval")
+    auth_token: SecretStr | None = Field(None, description="bearer token required on every endpoint but /healthz and /readyz (written to config.json masked)")
+    metrics_open: bool = Field(True, description="with a token: /metrics stays open for Prometheus (False: it needs the token too)")
+    max_viewers: int = Field(8, ge=1, description="concurrent /stream.mjpg viewers; more get 503")
     ready_stale_s: float = Field(3.0, gt=0, description="/readyz fails when no frame arrived for this long")
+    unhealthy_exit_s: float | None = Field(30.0, gt=0, description="exit with status 3 once /healthz has been 503 this long, so systemd or Docker restarts the service (None: never; Kubernetes' liveness probe acts on /healthz itself)")
+    ready_recover_s: float = Field(2.0, ge=0, description="/readyz passes again only after frames flowed (no gap over ready_stale_s) this long, so a stuttering source does not flap a readiness probe")
 
 
 class ServiceConfig(_Strict):

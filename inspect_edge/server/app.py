@@ -1,14 +1,17 @@
 """The FastAPI app, built by `create_app(config)`; its lifespan starts and stops the threads.
 
 Endpoints: `/` live page, `/stream.mjpg`, `/snapshot.jpg`, `/api/stats`,
-`/api/defects?limit=N`, `/api/defects/{id}/thumb.jpg`, `/healthz` (the process
-answers), `/readyz` (model loaded and the source delivering), `/metrics`.
+`/api/defects?limit=N`, `/api/defects/{id}/thumb.jpg`, `/healthz` (503 when a
+worker thread died or is past its restart budget: restart the process), `/readyz`
+(model loaded, warmed up and the source delivering), `/metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import weakref
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inspect_edge import __version__
 from inspect_edge.config import ServiceConfig
+from inspect_edge.server.auth import TokenGate
 from inspect_edge.server.service import InspectionService
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,10 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
                   docs_url="/api/docs", redoc_url=None)
     app.state.service = service
     app.state.run_dir = run_dir
+    token = cfg.server.auth_token.get_secret_value() if cfg.server.auth_token else ""
+    if token:
+        app.add_middleware(TokenGate, token=token, metrics_open=cfg.server.metrics_open)
+    viewers: weakref.WeakSet = weakref.WeakSet()  # open stream generators; a dropped one leaves by itself
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -56,8 +64,10 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
         return FileResponse(STATIC / "index.html", headers=NO_CACHE)
 
     @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "alive", "threads": service.threads_alive()}
+    def healthz() -> JSONResponse:
+        ok, reason, threads = service.health()
+        return JSONResponse({"status": "alive" if ok else "unhealthy", "reason": reason, "threads": threads},
+                            status_code=200 if ok else 503)
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
@@ -93,7 +103,14 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
 
     @app.get("/stream.mjpg")
     async def stream() -> StreamingResponse:
-        return StreamingResponse(_mjpeg(service), media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+        # Counted on the event loop's one thread, so no lock is needed.
+        open_now = sum(1 for g in list(viewers) if g.ag_frame is not None)
+        if open_now >= cfg.server.max_viewers:
+            raise HTTPException(503, f"{open_now} viewers already watch (limit {cfg.server.max_viewers}); "
+                                     "close one, or use /snapshot.jpg")
+        body = _mjpeg(service)
+        viewers.add(body)
+        return StreamingResponse(body, media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                  headers=NO_CACHE)
 
     return app
@@ -130,6 +147,27 @@ class InspectionServer(uvicorn.Server):
         super().__init__(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                         timeout_graceful_shutdown=3, access_log=False))
         self.service: InspectionService = app.state.service
+        self.exited_unhealthy = False
+        self._unhealthy_since: float | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        # Once a second: a service that stays unhealthy ends itself, because neither
+        # systemd nor plain Docker acts on a failing health check (Kubernetes does).
+        limit = self.service.cfg.server.unhealthy_exit_s
+        if counter % 10 == 0 and limit is not None and not self.should_exit:
+            ok, reason, _ = self.service.health()
+            now = time.monotonic()
+            if ok:
+                self._unhealthy_since = None
+            elif self._unhealthy_since is None:
+                self._unhealthy_since = now
+            elif now - self._unhealthy_since >= limit:
+                log.error("unhealthy for %.0f s (%s); exiting with status 3 so the process manager restarts the service",
+                          now - self._unhealthy_since, reason)
+                self.exited_unhealthy = True
+                self.service.stopping.set()
+                self.should_exit = True
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig, frame) -> None:
         self.service.stopping.set()
