@@ -158,3 +158,33 @@ def test_views_split_and_subset(tmp_path, samples):
         ds.split("val")
     with pytest.raises(DataError, match="available: train"):
         open_dataset(tmp_path, split="val")
+
+
+def test_every_bad_row_of_an_image_is_reported_in_one_pass(tmp_path):
+    _write_images(tmp_path, ["a.jpg", "b.jpg"])
+    (tmp_path / "train.csv").write_text(
+        "ImageId,ClassId,EncodedPixels\nb.jpg,9,1 5\nb.jpg,2,1 2 3\nb.jpg,3,1 99999\na.jpg,1,1 5\n")
+    ds = open_dataset(tmp_path)
+    assert sorted(p.row for p in ds.problems) == [2, 3, 4]  # the unknown class did not hide the two bad RLEs
+    assert ds.ids == ["a.jpg"]
+    with pytest.raises(DataError, match=r"3 problem\(s\)"):
+        open_dataset(tmp_path, strict=True)
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_line(tmp_path):
+    _write_images(tmp_path, ["a.jpg"])
+    (tmp_path / "train.csv").write_bytes(b"ImageId,ClassId,EncodedPixels\na.jpg,1,1 5\na.jpg,2,1 5 \xe9\n")
+    with pytest.raises(DataError, match=r"train.csv:3: byte 0xe9 at column 13 is not UTF-8"):
+        open_dataset(tmp_path)
+
+
+def test_a_cut_off_jpeg_is_skipped_not_filled_with_grey(tmp_path):
+    _write_images(tmp_path, ["a.jpg"], shape=(64, 64))
+    texture = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    whole = cv2.imencode(".jpg", texture)[1].tobytes()
+    (tmp_path / "train_images" / "b.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    assert cv2.imread(str(tmp_path / "train_images" / "b.jpg")) is not None  # OpenCV alone would accept it
+    (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    ds = open_dataset(tmp_path)
+    assert ds.ids == ["a.jpg"] and len(ds.problems) == 1
+    assert "b.jpg" in ds.problems[0].file and "end-of-image" in ds.problems[0].message

@@ -88,7 +88,8 @@ class Item:
 def read_image_size(path: Path) -> tuple[int, int]:
     """(H, W) from a JPEG or PNG header without decoding; other formats are decoded.
 
-    Raises ValueError with the reason when the file is not a readable image.
+    Raises ValueError with the reason when the file is not a readable image, including
+    a JPEG without its end-of-image marker (cut off in a copy or a full disk).
     """
     with open(path, "rb") as f:
         head = f.read(65536)
@@ -99,7 +100,14 @@ def read_image_size(path: Path) -> tuple[int, int]:
             return int(h), int(w)
         if head[:2] == b"\xff\xd8":
             f.seek(2)
-            return _jpeg_size(f)
+            size = _jpeg_size(f)
+            # OpenCV decodes a cut-off JPEG without an error, filling the rest with grey, and
+            # training would learn from that grey: a JPEG must end with its end-of-image marker.
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64))
+            if b"\xff\xd9" not in f.read().rstrip(b"\x00"):
+                raise ValueError("truncated JPEG: no end-of-image marker (the file was cut off)")
+            return size
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError("not a readable image (empty, truncated or unknown format)")

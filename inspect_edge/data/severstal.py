@@ -13,6 +13,7 @@ untrustworthy, so the whole image is skipped and the problem recorded, never gue
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -50,10 +51,18 @@ def _read_rows(csv_path: Path, n_classes: int, log: ProblemLog):
     labels: dict[str, dict[int, tuple[str, int]]] = {}
     bad: set[str] = set()
     try:
-        f = open(csv_path, newline="", encoding="utf-8-sig")
+        raw = csv_path.read_bytes()
     except OSError as e:
         raise DataError(f"{csv_path}: cannot read ({e.strerror})") from None
-    with f:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        # Decoded whole, so the error names the line it is on (a streamed decode fails at the header).
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{csv_path}:{line}: byte 0x{raw[e.start]:02x} at column {column} is not UTF-8; "
+                        "save the file as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader, [])]
@@ -128,11 +137,9 @@ def read_severstal(root: Path, *, strict: bool = False) -> SteelDataset:
 
     items: list[Item] = []
     for image_id in sorted(on_disk):
-        if image_id in bad:
-            continue
         path = on_disk[image_id]
         rows = labels.get(image_id)
-        if rows is None and form == "original":
+        if rows is None and form == "original" and image_id not in bad:
             # The original form lists every image with 4 rows; a missing image is unlabelled.
             log.add(path, None, "image has no rows in train.csv (original form lists every image); skipped")
             continue
@@ -143,7 +150,8 @@ def read_severstal(root: Path, *, strict: bool = False) -> SteelDataset:
             continue
         rles: list[str] = [""] * k
         pixels = np.zeros(k, np.int64)
-        ok = True
+        ok = image_id not in bad
+        # Every row is checked, also once the image is known bad, so one pass names every problem.
         for c, (rle, line) in sorted((rows or {}).items()):
             try:
                 pixels[c] = parse_rle(rle, shape)[1].sum()
