@@ -106,3 +106,16 @@ def test_inspect_real_neu_seg_val():
     for name in ("inclusion", "patches", "scratches"):
         assert name in r.output
     assert "200x200" in r.output
+
+
+def test_fit_on_a_data_set_with_no_usable_image_says_so_in_one_line(tmp_path):
+    data = tmp_path / "data"
+    (data / "train_images").mkdir(parents=True)
+    (data / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    (data / "train_images" / "a.jpg").write_bytes(b"\xff\xd8not a jpeg")
+    r = subprocess.run([sys.executable, "-m", "train.cli", "fit", "--data", str(data), "--out", str(tmp_path / "run"),
+                        "--epochs", "1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("train: ") and "need at least 2 usable images" in last and "found 0" in last
+    assert "need at least 2 usable images" in (tmp_path / "run" / "train.log").read_text()

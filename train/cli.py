@@ -26,7 +26,17 @@ for module in (data_commands, fit_commands, gan_commands):
 
 
 def main() -> None:
-    app()
+    # A data set that cannot be used is the user's to fix: one line naming the file
+    # (DataError messages do), status 2 like a bad flag, not a page of typer frames.
+    import sys
+
+    from inspect_edge.data import DataError
+
+    try:
+        app()
+    except DataError as e:
+        print(f"train: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from inspect_edge.data import SteelDataset
+from inspect_edge.data import DataError, SteelDataset
 from inspect_edge.preprocess import normalise_unit, pad_bottom_right
 
 
@@ -31,12 +31,13 @@ def split_train_val(
             train_split = "train" if "train" in ds.split_names else None
         if train_split is None:
             others = [s for s in ds.split_names if s != val_split]
-            raise KeyError(f"{ds.root}: no 'train' split; pass --split with one of {others}")
+            raise DataError(f"{ds.root}: no 'train' split; pass --split with one of {others}")
         return ds.split(train_split), ds.split(val_split), f"splits {train_split!r}/{val_split!r}"
     base = ds.split(train_split) if train_split else ds
     n = len(base)
     if n < 2:
-        raise ValueError(f"{ds.root}: need at least 2 images to hold some out for validation, found {n}")
+        raise DataError(f"{ds.root}: need at least 2 usable images to hold some out for validation, found {n}"
+                        " (`train inspect-data` lists what was skipped and why)")
     perm = np.random.default_rng(seed).permutation(n)
     n_val = min(n - 1, max(1, int(round(n * val_fraction))))
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
@@ -120,7 +121,7 @@ class SyntheticTopUp:
 
     def __init__(self, crops: CropDataset, per_batch: int, seed: int) -> None:
         if len(crops) == 0:
-            raise ValueError(f"{crops.ds.root}: no synthetic images to add to the batches")
+            raise DataError(f"{crops.ds.root}: no synthetic images to add to the batches")
         self.crops, self.per_batch, self.seed = crops, per_batch, seed
         self._epoch, self._order = -1, np.zeros(0, np.int64)
 
@@ -141,7 +142,7 @@ def estimate_mean_std(ds: SteelDataset, max_images: int = 256, seed: int = 0) ->
     are all inclusions, mean 0.368 / std 0.086 against 0.443 / 0.203 over all 3129)."""
     n = len(ds)
     if n == 0:
-        raise ValueError(f"{ds.root}: no images to estimate the normalisation from")
+        raise DataError(f"{ds.root}: no images to estimate the normalisation from")
     idx = np.sort(np.random.default_rng([seed, 2718]).permutation(n)[: min(n, max_images)])
     total = total_sq = count = 0.0
     for i in idx:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from inspect_edge.data import open_dataset
+from inspect_edge.data import DataError, open_dataset
 from inspect_edge.model_info import ModelInfo
 from inspect_edge.postprocess import masks_from_logits
 from inspect_edge.scoring import DiceAccumulator
@@ -282,7 +282,11 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
     if d.device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    data = prepare_data(cfg, out, d)
+    try:
+        data = prepare_data(cfg, out, d)
+    except DataError as e:
+        log.error("cannot train: %s", e)  # train.log says why the run folder is empty
+        raise
     per_rank = len(epoch_order(len(data.train_ds), cfg.seed, 0, d.rank, d.world))
     steps_per_epoch = max(1, per_rank // cfg.batch_size) if per_rank >= cfg.batch_size else 1
     state = TrainState.new(cfg, data, d.device, steps_per_epoch)
