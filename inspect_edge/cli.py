@@ -69,6 +69,9 @@ def run(
     metrics_open: bool = typer.Option(True, "--metrics-open/--metrics-need-token",
                                       help="With a token: leave /metrics open for Prometheus, or ask it for the token too."),
     max_viewers: int = typer.Option(8, "--max-viewers", help="Concurrent /stream.mjpg viewers; more get 503."),
+    line_speed: Optional[float] = typer.Option(None, "--line-speed", help="Strip speed in m/s: defects per metre are reported."),
+    mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="Strip millimetres per pixel along the strip: events carry length_mm."),
+    merge_gap: int = typer.Option(16, "--merge-gap", help="Pixels along the strip within which fragments of one class are one defect (-1: off)."),
 ) -> None:
     """Serve live inspection: camera -> model -> live page, /metrics, defect events."""
     import logging
@@ -77,7 +80,7 @@ def run(
     from pydantic import ValidationError
 
     from inspect_edge.config import (EventsConfig, ModelConfig, ServerConfig, ServiceConfig,
-                                     SourceConfig)
+                                     SourceConfig, TrackingConfig)
 
     if log_level.lower() not in LOG_LEVELS:
         _fail(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
@@ -90,6 +93,7 @@ def run(
             events=EventsConfig(evidence=not no_evidence, evidence_min_interval_s=evidence_interval,
                                 evidence_quota_mb=evidence_quota_mb, webhook_url=webhook,
                                 webhook_cooldown_s=webhook_cooldown),
+            tracking=TrackingConfig(strip_speed_m_s=line_speed, mm_per_px=mm_per_px, merge_gap_px=merge_gap),
             server=ServerConfig(host=host, port=port, auth_token=auth_token or None, metrics_open=metrics_open,
                                 max_viewers=max_viewers),
             out=out,

@@ -53,6 +53,22 @@ class EventsConfig(_Strict):
     queue_size: int = Field(16, ge=1)
 
 
+class TrackingConfig(_Strict):
+    """How one physical defect becomes one count and one event (inspect_edge.tracking)."""
+
+    axis: Literal["x", "y"] = Field("x", description="the rolling direction in the image: x for a 256x1600 strip camera")
+    merge_gap_px: int = Field(16, ge=-1, description="fragments of one class closer than this along the axis are one defect (-1: never merge)")
+    max_missed: int = Field(2, ge=0, description="frames a defect may go unseen before its track closes")
+    speed_px_per_frame: float | None = Field(None, description="the strip's shift between frames along the axis, signed; None: learnt from the tracks")
+    max_shift_px: int = Field(200, ge=1, description="the largest move between frames accepted while the speed is still unknown")
+    mm_per_px: float | None = Field(None, gt=0, description="strip millimetres per pixel along the axis: events then carry length_mm")
+    strip_speed_m_s: float | None = Field(None, gt=0, description="line speed: metres inspected are counted, and defects per metre reported")
+
+    @property
+    def axis_index(self) -> int:
+        return 0 if self.axis == "x" else 1
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -72,6 +88,7 @@ class ServiceConfig(_Strict):
     source: SourceConfig = SourceConfig()
     model: ModelConfig = ModelConfig()
     events: EventsConfig = EventsConfig()
+    tracking: TrackingConfig = TrackingConfig()
     server: ServerConfig = ServerConfig()
     out: Path | None = Field(None, description="run folder; default runs/service/<UTC timestamp>")
 

@@ -1,7 +1,10 @@
 """Defect events: a JSON-lines log, evidence on disk, an optional webhook.
 
-Called from the inference thread for every processed frame, so it must be
-cheap and must never raise. Evidence images and webhook calls go to a worker
+One event per physical defect (a track of `inspect_edge.tracking`), written when
+it leaves the view, with its first and last frame, length along the strip and
+peak score; its evidence is the frame where it scored highest. Called from the
+inference thread for every processed frame, so it must be cheap and must never
+raise. Evidence images and webhook calls go to a worker
 thread through a bounded queue; the log line of an event with evidence is
 appended by that worker once the evidence is written (or has failed), so a line
 never names a folder that does not exist; other lines are appended at once.
@@ -29,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inspect_edge.config import EventsConfig
+from inspect_edge.config import EventsConfig, TrackingConfig
 from inspect_edge.overlay import encode_jpeg, encode_mask_png, render_overlay
 from inspect_edge.pipeline import FrameResult
+from inspect_edge.tracking import Track
 from inspect_edge.worker import SupervisedThread
 
 log = logging.getLogger(__name__)
@@ -140,8 +144,12 @@ def append_whole_line(path: Path, line: bytes) -> None:
 class EventRecorder:
     """The events sink: `recorder(result)` for every processed frame."""
 
-    def __init__(self, run_dir: Path, cfg: EventsConfig) -> None:
+    def __init__(self, run_dir: Path, cfg: EventsConfig, tracking: TrackingConfig | None = None) -> None:
         self.cfg = cfg
+        self.tracking = tracking or TrackingConfig()
+        self._open: dict[int, Track] = {}                          # physical defects still in view
+        self._peaks: dict[int, tuple[FrameResult, float]] = {}     # their frame of highest score so far
+        self._speed = 0.0
         self.log_path = Path(run_dir) / "events.jsonl"
         try:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -166,6 +174,8 @@ class EventRecorder:
         self._worker.start()
 
     def stop(self, timeout: float = 2.0) -> None:
+        """After the inference thread has stopped: log the defects still in view, then drain."""
+        self.close_open()
         self._worker.stop(timeout)
         if not self._worker.running:
             self._flush_unsaved()
@@ -187,13 +197,33 @@ class EventRecorder:
 
     # ---- inference thread: cheap, never raises -----------------------------
     def __call__(self, result: FrameResult) -> None:
-        if not result.defects:
-            return
+        """One event per physical defect, written when its track closes, with the frame of its peak."""
+        self._speed = result.strip_speed_px
+        for d, track_id in zip(result.defects, result.track_ids):
+            held = self._peaks.get(track_id)
+            if held is None or d.peak_prob > held[1]:
+                self._peaks[track_id] = (result, d.peak_prob)
+        for t in result.started:
+            self._open[t.id] = t
+        for t in result.closed:
+            self._emit(t)
+
+    def close_open(self) -> None:
+        """Defects still in view when the service stops: logged too, marked as such."""
+        for t in list(self._open.values()):
+            self._emit(t, at_stop=True)
+
+    def _emit(self, track: Track, at_stop: bool = False) -> None:
+        self._open.pop(track.id, None)
+        held = self._peaks.pop(track.id, None)
+        result = held[0] if held else None
         now = time.monotonic()
-        name = datetime.fromtimestamp(result.capture_time, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3]
-        name = f"{name}Z-{result.seq:08d}"
-        event = {"seq": result.seq, "time": result.capture_time, "iso_time": iso(result.capture_time),
-                 "defects": [d.to_dict() for d in result.defects], "evidence": None}
+        stamp = datetime.fromtimestamp(track.first_time, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+        name = f"{stamp}Z-d{track.id:08d}"
+        event = {**track.to_event(self._speed, self.tracking.mm_per_px), "iso_time": iso(track.first_time),
+                 "evidence": None}
+        if at_stop:
+            event["open_at_stop"] = True
         with self._lock:
             self._events += 1
             want_evidence = self.cfg.evidence and now - self._last_evidence >= self.cfg.evidence_min_interval_s
@@ -209,7 +239,7 @@ class EventRecorder:
         entry = [event, False]
         with self._order_lock:
             self._order.append(entry)
-        if want_evidence and self._enqueue(("evidence", name, result, event, entry), self._evidence):
+        if want_evidence and result is not None and self._enqueue(("evidence", name, result, event, entry), self._evidence):
             self._last_evidence = now
         else:
             entry[1] = True

@@ -60,14 +60,23 @@ class _StateCollector:
                 healthy.add_metric([name], 1 if st["healthy"] else 0)
             yield restarts
             yield healthy
-        defects = CounterMetricFamily(f"{p}_defects", "Defects found, by class (one per defect per frame).",
+        defects = CounterMetricFamily(f"{p}_defects", "Physical defects found, by class (one per defect, however many frames see it).",
                                       labels=["class"])
         for name, n in pipe.defects.items():
             defects.add_metric([name], n)
         yield defects
+        detections = CounterMetricFamily(f"{p}_defect_detections", "Defects seen per frame, by class (one defect in ten frames counts ten).",
+                                         labels=["class"])
+        for name, n in pipe.detections.items():
+            detections.add_metric([name], n)
+        yield detections
+        if self.pipeline.tracking.strip_speed_m_s:
+            yield CounterMetricFamily(f"{p}_strip_metres", "Metres of strip inspected (line speed x time with frames); "
+                                      "defects per metre = rate(defects_total) / rate(strip_metres_total).",
+                                      value=pipe.strip_metres)
         if self.events is not None:
             ev = self.events.counts()
-            yield CounterMetricFamily(f"{p}_events", "Frames with defects written to the event log.",
+            yield CounterMetricFamily(f"{p}_events", "Physical defects written to the event log.",
                                       value=ev["events"])
             yield CounterMetricFamily(f"{p}_event_log_errors", "Events that could not be written to events.jsonl (full or read-only disk).",
                                       value=ev["log_errors"])

@@ -46,13 +46,39 @@ def render_overlay(gray: np.ndarray, masks: np.ndarray, defects: list[Defect], a
     for d in defects:
         x, y, w, h = d.bbox
         cv2.rectangle(img, (x - 2, y - 2), (x + w + 1, y + h + 1), _bgr(d.class_index), 2)
-        if labels:
-            text = f"{d.class_name} {d.peak_prob:.2f}"
-            # Stacked by class, so labels of overlapping classes stay readable.
-            ty = y - 6 - 14 * d.class_index if y >= 14 * (d.class_index + 1) else y + h + 14 * (d.class_index + 1)
-            cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(img, text, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _bgr(d.class_index), 1, cv2.LINE_AA)
+    if labels:
+        for d, text, (tx, ty) in label_positions(defects, gray.shape[:2]):
+            cv2.putText(img, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(img, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _bgr(d.class_index), 1, cv2.LINE_AA)
     return img
+
+
+def label_positions(defects: list[Defect], shape: tuple[int, int]) -> list[tuple[Defect, str, tuple[int, int]]]:
+    """Where each label goes (text baseline origin), so that no two labels overlap.
+
+    Above the box, else below it, else stacked further down; a label with no free
+    place is left out (its box and colour still say what it is). The surest
+    defects are placed first.
+    """
+    H, W = shape
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    for d in sorted(defects, key=lambda d: -d.peak_prob):
+        x, y, w, h = d.bbox
+        text = f"{d.class_name} {d.peak_prob:.2f}"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+        tx = max(0, min(x, W - tw))
+        for ty in (y - 6, *(y + h + th + 6 + k * (th + 6) for k in range(4))):
+            rect = (tx, ty - th - 2, tw, th + 6)
+            if rect[1] >= 0 and rect[1] + rect[3] <= H and not any(_overlaps(rect, r) for r in placed):
+                placed.append(rect)
+                out.append((d, text, (tx, ty)))
+                break
+    return out
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def crop_around(image: np.ndarray, bbox: tuple[int, int, int, int], margin: int = 12,

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inspect_edge.backends.base import Backend
+from inspect_edge.config import TrackingConfig
 from inspect_edge.model_info import ModelInfo
 from inspect_edge.postprocess import Defect, analyse_logits
 from inspect_edge.preprocess import FitMode, Preprocessor
 from inspect_edge.sources.base import Frame
 from inspect_edge.sources.capture import LatestFrameCapture
+from inspect_edge.tracking import DefectTracker, Track, merge_fragments
 from inspect_edge.worker import RateMeter, RepeatedFailureLog, SupervisedThread
 
 log = logging.getLogger(__name__)
@@ -45,21 +47,30 @@ class FrameResult:
     latency_s: float                   # capture to result, including the wait for the model
     area_share: tuple[float, ...]      # per class: flagged pixels / frame pixels
     tiles: int
+    track_ids: list[int] = field(default_factory=list)   # per defect: the physical defect it belongs to
+    started: list[Track] = field(default_factory=list)   # physical defects first seen in this frame
+    closed: list[Track] = field(default_factory=list)    # physical defects that left the view
+    strip_speed_px: float = 0.0                          # the tracker's estimate, px per captured frame
 
 
 @dataclass
 class PipelineCounts:
     processed: int = 0
     errors: int = 0                    # frames dropped because inference or post-processing failed
-    defects: dict[str, int] = field(default_factory=dict)
+    defects: dict[str, int] = field(default_factory=dict)      # physical defects (tracks), by class
+    detections: dict[str, int] = field(default_factory=dict)   # defects seen per frame, by class
+    strip_metres: float = 0.0          # strip inspected, when the line speed is configured
 
 
 class InspectionPipeline:
     def __init__(self, capture: LatestFrameCapture, backend_factory: Callable[[], Backend], *,
                  fit: FitMode = "tile", overlap: int = 32,
                  sinks: Sequence[Callable[[FrameResult], None]] = (),
-                 on_model_loaded: Callable[[Backend], None] | None = None) -> None:
+                 on_model_loaded: Callable[[Backend], None] | None = None,
+                 tracking: TrackingConfig | None = None) -> None:
         self.capture = capture
+        self.tracking = tracking or TrackingConfig()
+        self.tracker = self._new_tracker()
         self.backend_factory = backend_factory
         self.fit, self.overlap = fit, overlap
         self.sinks = list(sinks)
@@ -70,6 +81,7 @@ class InspectionPipeline:
         self.load_error = ""
         self.ready = threading.Event()     # model loaded and warmed up
         self._counts = PipelineCounts()
+        self._last_capture_time: float | None = None
         self._lock = threading.Lock()
         self._rate = RateMeter()               # completion times, for the processed rate
         self._frame_failures = RepeatedFailureLog(log, "frame inference")
@@ -93,7 +105,8 @@ class InspectionPipeline:
 
     def counts(self) -> PipelineCounts:
         with self._lock:
-            return PipelineCounts(self._counts.processed, self._counts.errors, dict(self._counts.defects))
+            c = self._counts
+            return PipelineCounts(c.processed, c.errors, dict(c.defects), dict(c.detections), c.strip_metres)
 
     def processed_fps(self, window_s: float = 5.0) -> float:
         with self._lock:
@@ -120,6 +133,7 @@ class InspectionPipeline:
             with self._lock:
                 if not self._counts.defects:
                     self._counts.defects = {c: 0 for c in self.info.classes}
+                    self._counts.detections = {c: 0 for c in self.info.classes}
             if self.on_model_loaded:
                 self.on_model_loaded(backend)
             self.ready.set()
@@ -157,7 +171,14 @@ class InspectionPipeline:
             self._process(frame, backend, pre)
         except Exception as e:
             return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        finally:
+            self.tracker = self._new_tracker()  # the warm-up frame's defects are not the strip's
         return ""
+
+    def _new_tracker(self) -> DefectTracker:
+        t = self.tracking
+        return DefectTracker(axis=t.axis_index, max_missed=t.max_missed, speed_px_per_frame=t.speed_px_per_frame,
+                             max_shift_px=t.max_shift_px)
 
     def _process(self, frame: Frame, backend: Backend, pre: Preprocessor) -> FrameResult:
         info = backend.info
@@ -173,6 +194,8 @@ class InspectionPipeline:
             raise ValueError(f"model output holds {np.count_nonzero(~np.isfinite(logits))} NaN or infinite values")
         full = pre.stitch(logits, plan)
         masks, defects = analyse_logits(full, info, frame.capture_time)
+        defects = merge_fragments(defects, self.tracking.merge_gap_px, self.tracking.axis_index)
+        update = self.tracker.update(frame.seq, frame.capture_time, defects, frame.image.shape)
         pixels = float(masks.shape[1] * masks.shape[2])
         share = tuple(float(np.count_nonzero(m)) / pixels for m in masks)
         t3 = time.perf_counter()
@@ -180,6 +203,8 @@ class InspectionPipeline:
             seq=frame.seq, capture_time=frame.capture_time, image=frame.image, masks=masks,
             defects=defects, stage_s={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
             latency_s=time.monotonic() - frame.capture_mono, area_share=share, tiles=plan.num_tiles,
+            track_ids=update.track_ids, started=update.started, closed=update.closed,
+            strip_speed_px=self.tracker.speed,
         )
 
     def _record(self, result: FrameResult) -> None:
@@ -187,5 +212,13 @@ class InspectionPipeline:
             c = self._counts
             c.processed += 1
             for d in result.defects:
-                c.defects[d.class_name] = c.defects.get(d.class_name, 0) + 1
+                c.detections[d.class_name] = c.detections.get(d.class_name, 0) + 1
+            for t in result.started:
+                c.defects[t.class_name] = c.defects.get(t.class_name, 0) + 1
+            speed = self.tracking.strip_speed_m_s
+            if speed and self._last_capture_time is not None:
+                dt = result.capture_time - self._last_capture_time
+                if 0 < dt <= 2.0:  # a longer gap is an outage: the strip under it was not inspected
+                    c.strip_metres += speed * dt
+            self._last_capture_time = result.capture_time
             self._rate.tick()

@@ -139,11 +139,13 @@ def test_failing_sink_does_not_stop_inspection(tmp_path, model):
 
 
 # ---- events ------------------------------------------------------------------
-def frame_results(model: Path, tmp_path: Path, n: int):
+def frame_results(model: Path, tmp_path: Path, n: int, blank_after: int = 0):
     d = tmp_path / "frames"
     d.mkdir()
     for i in range(n):
         cv2.imwrite(str(d / f"f{i:03d}.png"), strip_frame(i * 7))
+    for i in range(n, n + blank_after):  # the strip after the discs have passed
+        cv2.imwrite(str(d / f"f{i:03d}.png"), np.full((96, 320), 185, np.uint8))
     # Paced so that (almost) every frame is processed rather than dropped as stale.
     results, _, _ = run_pipeline_over(d, model, fps=10)
     assert len(results) >= 2
@@ -169,9 +171,10 @@ class WebhookReceiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def test_events_log_every_defect_frame_and_rate_limit_evidence_and_webhook(tmp_path, model):
-    results = frame_results(model, tmp_path, 4)
-    assert all(r.defects for r in results)
+def test_events_log_each_physical_defect_once_and_rate_limit_evidence_and_webhook(tmp_path, model):
+    results = frame_results(model, tmp_path, 4, blank_after=3)
+    with_defects = [r for r in results if r.defects]
+    assert len(with_defects) == 4 and [len(r.closed) for r in results[4:]] == [0, 0, 3]
     hook = WebhookReceiver()
     rec = EventRecorder(tmp_path / "run", EventsConfig(evidence_min_interval_s=3600, webhook_url=hook.url,
                                                        webhook_cooldown_s=3600))
@@ -179,24 +182,29 @@ def test_events_log_every_defect_frame_and_rate_limit_evidence_and_webhook(tmp_p
     for r in results:
         rec(r)
     end = time.monotonic() + 10
-    while rec.counts()["webhook"]["sent"] < 1 and time.monotonic() < end:
+    while not hook.bodies and time.monotonic() < end:
         time.sleep(0.02)
     rec.stop()
     hook.server.shutdown()
     lines = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
-    assert [e["seq"] for e in lines] == [r.seq for r in results]
-    assert lines[0]["defects"][0]["class_name"] in ("dark", "very_dark") and lines[0]["evidence"]
-    assert all(e["evidence"] is None for e in lines[1:])
+    # Two discs moving 42 px a frame: the very dark one is both classes, the other "dark" only.
+    assert sorted(e["class"] for e in lines) == ["dark", "dark", "very_dark"]
+    for e in lines:  # closed once the strip had shown 2 frames without them (max_missed)
+        assert e["frames"] == 4 and e["first_seq"] == results[0].seq and e["last_seq"] == results[3].seq
+        assert "open_at_stop" not in e and 0.5 <= e["peak_prob"] <= 1
+        # Its own width along the strip, not the 126 px it travelled through the view.
+        assert abs(e["length_px"] - e["bbox_at_peak"][2]) <= 3, e
+    assert lines[0]["evidence"] and all(e["evidence"] is None for e in lines[1:])
     c = rec.counts()
-    n = len(results)
-    assert c["evidence"]["saved"] == 1 and c["evidence"]["rate_limited"] == n - 1
-    assert c["webhook"] == {"sent": 1, "failed": 0, "cooldown": n - 1, "backlog": 0, "shutdown": 0}
-    assert hook.bodies[0]["seq"] == results[0].seq and hook.bodies[0]["source"] == "inspect-edge"
+    assert c["events"] == 3 and c["evidence"]["saved"] == 1 and c["evidence"]["rate_limited"] == 2
+    assert c["webhook"] == {"sent": 1, "failed": 0, "cooldown": 2, "backlog": 0, "shutdown": 0}
+    assert hook.bodies[0]["defect_id"] == lines[0]["defect_id"] and hook.bodies[0]["source"] == "inspect-edge"
     ev = tmp_path / "run" / lines[0]["evidence"]
     assert sorted(p.name for p in ev.iterdir()) == ["event.json", "frame.jpg", "mask.png", "overlay.jpg"]
+    peak = next(r for r in results if r.seq == lines[0]["peak_seq"])  # evidence is the frame of the peak score
     mask = cv2.imread(str(ev / "mask.png"), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal((mask & 1) > 0, results[0].masks[0])
-    np.testing.assert_array_equal((mask & 2) > 0, results[0].masks[1])
+    np.testing.assert_array_equal((mask & 1) > 0, peak.masks[0])
+    np.testing.assert_array_equal((mask & 2) > 0, peak.masks[1])
 
 
 def test_evidence_quota_removes_the_oldest_first(tmp_path, model):
@@ -209,9 +217,12 @@ def test_evidence_quota_removes_the_oldest_first(tmp_path, model):
     rec.stop()
     kept = sorted(p.name for p in (tmp_path / "run" / "evidence").iterdir())
     c = rec.counts()
-    assert c["evidence"]["saved"] == len(results) and c["evidence"]["evicted"] == len(results) - len(kept) > 0
+    n = c["events"]
+    assert n >= 3 and c["evidence"]["saved"] == n and c["evidence"]["evicted"] == n - len(kept) > 0
     assert c["evidence_bytes"] <= 0.05 * 1024 * 1024
-    assert kept == sorted(kept)[-len(kept):] and kept[-1].endswith(f"{results[-1].seq:08d}")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    written = [e["evidence"].removeprefix("evidence/") for e in lines]
+    assert kept == written[-len(kept):] == sorted(written)[-len(kept):]  # the newest stay
 
 
 def test_full_disk_and_unwritable_evidence_never_reach_the_pipeline(tmp_path, model):

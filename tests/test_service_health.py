@@ -115,7 +115,8 @@ def test_a_crashing_evidence_writer_is_restarted_counted_and_its_event_still_log
     assert len(failed) == 1 and failed[0]["evidence"] is None
     named = [e["evidence"] for e in lines if e["evidence"]]
     assert named and all((tmp_path / "run" / p / "frame.jpg").is_file() for p in named)  # never a missing folder
-    assert [e["seq"] for e in lines] == sorted(e["seq"] for e in lines)
+    ids = [e["defect_id"] for e in lines]
+    assert len(ids) == len(set(ids))  # each physical defect logged once, the failed one included
 
 
 def test_a_thread_past_its_restart_budget_turns_healthz_503(tmp_path, video):
@@ -212,3 +213,16 @@ def test_evidence_masks_of_many_classes_are_kept_losslessly(tmp_path):
     result = FrameResult(1, 0.0, np.zeros((20, 30), np.uint8), many, [], {}, 0.0, (0.0,) * 20, 1)
     path = EvidenceStore(tmp_path / "evidence", 10**7).save("e1", result, {"seq": 1})
     assert np.array_equal(np.load(io.BytesIO((path / "masks.npz").read_bytes()))["masks"], many)
+
+
+def test_with_a_line_speed_the_service_reports_metres_inspected_and_defects_per_metre(tmp_path, video):
+    model = tmp_path / "dark.onnx"
+    build_dark_spot_model(model)
+    with serving(tmp_path, str(video), model, tracking={"strip_speed_m_s": 2.0}) as (service, client):
+        wait_until(lambda: client.get("/api/stats").json()["defects"].get("strip_metres", 0) > 2, 20, "2 m inspected")
+        d = client.get("/api/stats").json()["defects"]
+        m = metrics(client)
+        metres = m[("inspect_edge_strip_metres_total", ())]
+        assert metres > 2 and set(d["per_metre"]) == {"dark", "very_dark"}
+        n_dark = m[("inspect_edge_defects_total", (("class", "dark"),))]
+        assert abs(d["per_metre"]["dark"] - n_dark / d["strip_metres"]) < 0.05 + 1 / d["strip_metres"]

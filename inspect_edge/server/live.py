@@ -55,29 +55,27 @@ class LiveView:
             self._latency.append(result.latency_s)
             for s in STAGES:
                 self._stages[s].append(result.stage_s[s])
-            for d in result.defects:
+            # The strip moves, so one defect is seen in many frames: the counts and the
+            # list take each physical defect once, when it first comes into view.
+            new = {t.id for t in result.started}
+            for d, track_id in zip(result.defects, result.track_ids):
+                if track_id not in new:
+                    continue
                 self._window.append((now, d.class_name))
+                # A burst of one class (a band of pits) still gets one list entry per interval.
+                if now - self._last_recent.get(d.class_name, -1e18) >= self.recent_interval_s:
+                    self._last_recent[d.class_name] = now
+                    self._recent.append(self._make_recent(result, d, track_id))
             while self._window and now - self._window[0][0] > self.recent_window_s:
                 self._window.popleft()
-            # The strip moves, so one defect is seen in many frames: keep at most one
-            # entry per class per interval (its largest instance) for the list.
-            largest: dict[str, object] = {}
-            for d in result.defects:
-                if d.area_px > getattr(largest.get(d.class_name), "area_px", -1):
-                    largest[d.class_name] = d
-            for name, d in largest.items():
-                if now - self._last_recent.get(name, -1e18) < self.recent_interval_s:
-                    continue
-                self._last_recent[name] = now
-                self._recent.append(self._make_recent(result, d))
 
-    def _make_recent(self, result: FrameResult, d) -> RecentDefect:
+    def _make_recent(self, result: FrameResult, d, track_id: int) -> RecentDefect:
         x, y, w, h = d.bbox
         m = 16
         H, W = result.image.shape
         x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
         info = d.to_dict()
-        info.update(id=self._next_id, seq=result.seq, iso_time=iso(d.frame_time),
+        info.update(id=self._next_id, defect_id=track_id, seq=result.seq, iso_time=iso(d.frame_time),
                     thumbnail=f"/api/defects/{self._next_id}/thumb.jpg")
         rd = RecentDefect(self._next_id, info, result.image[y0:y1, x0:x1].copy(),
                           result.masks[d.class_index, y0:y1, x0:x1].copy(), d.class_index)

@@ -49,13 +49,13 @@ class InspectionService:
                                           backoff_max_s=s.reconnect_max_s, stall_timeout_s=s.read_timeout_s,
                                           streak_gap_s=cfg.server.ready_stale_s)
         self.metrics = ServiceMetrics()
-        self.events = EventRecorder(self.run_dir, cfg.events)
+        self.events = EventRecorder(self.run_dir, cfg.events, cfg.tracking)
         sv = cfg.server
         self.live = LiveView(sv.jpeg_quality, sv.recent_window_s, sv.recent_interval_s)
         self.pipeline = InspectionPipeline(
             self.capture, backend_factory or default_backend_factory(cfg),
             fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
-            sinks=[self._observe, self.live, self.events], on_model_loaded=self._model_loaded)
+            sinks=[self._observe, self.live, self.events], on_model_loaded=self._model_loaded, tracking=cfg.tracking)
         self.metrics.bind(self.capture, self.pipeline, self.events, self.threads)
         self.stopping = threading.Event()   # streaming responses end when this is set
         self.started_at = time.monotonic()
@@ -127,6 +127,13 @@ class InspectionService:
             return False, f"source recovering: frames flowing for {flowing:.1f} s of {self.cfg.server.ready_recover_s:g} s"
         return True, "ok"
 
+    def _per_metre(self, pipe) -> dict:
+        if not self.cfg.tracking.strip_speed_m_s:
+            return {}
+        m = pipe.strip_metres
+        return {"strip_metres": round(m, 2),
+                "per_metre": {c: (round(n / m, 4) if m > 0 else None) for c, n in pipe.defects.items()}}
+
     def stats(self) -> dict:
         cap, pipe, info = self.capture.counts(), self.pipeline.counts(), self.pipeline.info
         dropped = dict(cap.dropped)
@@ -148,7 +155,8 @@ class InspectionService:
             "fps": {"capture": round(self.capture.capture_fps(), 2),
                     "processed": round(self.pipeline.processed_fps(), 2)},
             **self.live.timing_summary(),
-            "defects": {"total": pipe.defects,
+            "defects": {"total": pipe.defects, "detections_per_frame": pipe.detections,
+                        **self._per_metre(pipe),
                         "window_s": self.cfg.server.recent_window_s,
                         "in_window": {c: window.get(c, 0) for c in classes}},
             "last_frame": None if latest is None else {

@@ -58,12 +58,16 @@ function renderStats(s) {
     (s.last_frame ? " · " + s.last_frame.tiles + " tile(s) of " + s.last_frame.shape.join("×") : "");
   if (s.last_frame) $("frame-info").textContent = "frame #" + s.last_frame.seq;
 
+  // Each physical defect counts once, however many frames it is seen in.
   $("window-label").textContent = "last " + Math.round(s.defects.window_s / 60) + " min";
   const counts = s.defects.in_window;
+  const perMetre = s.defects.per_metre || {};
   const max = Math.max(1, ...Object.values(counts));
   $("class-bars").innerHTML = Object.entries(counts).map(([name, n]) =>
     `<div class="bar"><span>${name}</span><div class="track"><div class="fill" style="width:${100 * n / max}%;` +
-    `background:${classColors[name] || "#888"}"></div></div><span class="count">${int(n)}</span></div>`).join("");
+    `background:${classColors[name] || "#888"}"></div></div><span class="count">${int(n)}</span></div>`).join("") +
+    (s.defects.strip_metres !== undefined ? `<div class="dim per-metre">per 100 m of strip (${int(s.defects.strip_metres)} m inspected): ` +
+      Object.entries(perMetre).map(([name, r]) => `${name} ${r === null ? "–" : (100 * r).toFixed(1)}`).join(" · ") + "</div>" : "");
 }
 
 function ago(t) {
