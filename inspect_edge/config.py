@@ -58,7 +58,7 @@ class TrackingConfig(_Strict):
 
     axis: Literal["x", "y"] = Field("x", description="the rolling direction in the image: x for a 256x1600 strip camera")
     merge_gap_px: int = Field(16, ge=-1, description="fragments of one class closer than this along the axis are one defect (-1: never merge)")
-    max_missed: int = Field(2, ge=0, description="frames a defect may go unseen before its track closes")
+    max_missed: int = Field(5, ge=0, description="frames a defect may go unseen (a flickering detection) before its track closes; a track also closes once the strip has carried it out of view")
     speed_px_per_frame: float | None = Field(None, description="the strip's shift between frames along the axis, signed; None: learnt from the tracks")
     max_shift_px: int = Field(200, ge=1, description="the largest move between frames accepted while the speed is still unknown")
     mm_per_px: float | None = Field(None, gt=0, description="strip millimetres per pixel along the axis: events then carry length_mm")

@@ -116,7 +116,7 @@ class DefectTracker:
     speed is known.
     """
 
-    def __init__(self, *, axis: int = 0, max_missed: int = 2, speed_px_per_frame: float | None = None,
+    def __init__(self, *, axis: int = 0, max_missed: int = 5, speed_px_per_frame: float | None = None,
                  max_shift_px: int = 200, tolerance_px: int = 24) -> None:
         self.axis, self.max_missed = axis, max_missed
         self.fixed_speed = speed_px_per_frame
@@ -171,7 +171,8 @@ class DefectTracker:
             self._speed_known = True
         still = []
         for t in self.open:
-            (still if seq - t.last_seq <= self.max_missed * step else out.closed).append(t)
+            gone = seq - t.last_seq > self.max_missed * step or self._left_view(t, seq, frame_shape)
+            (out.closed if gone else still).append(t)
         self.open = still
         return out
 
@@ -198,6 +199,15 @@ class DefectTracker:
         if len(t.spans) < MAX_SIGHTINGS:  # a defect parked in view for hours must not grow without bound
             t.spans.append((seq, s[0], s[1]))
         t.clipped = t.clipped or self._touches_edge(s, frame_shape)
+
+    def _left_view(self, t: Track, seq: int, frame_shape) -> bool:
+        """Where the strip has carried it, the track's box is wholly outside the view."""
+        if not self._speed_known or t.last_seq == seq:
+            return False
+        a, b = _span(t.box, self.axis)
+        shift = self.speed * (seq - t.last_seq)
+        size = frame_shape[1] if self.axis == 0 else frame_shape[0]
+        return b + shift <= 0 or a + shift >= size
 
     def _touches_edge(self, span: tuple[int, int], frame_shape) -> bool:
         size = frame_shape[1] if self.axis == 0 else frame_shape[0]

@@ -85,3 +85,11 @@ def test_labels_of_crowded_defects_never_overprint_each_other():
         for b in rects[i + 1:]:
             assert not (a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3])
     assert placed[0][0].peak_prob == max(c.peak_prob for c in crowd)
+
+
+def test_a_track_closes_as_soon_as_the_strip_has_carried_it_out_of_view():
+    tracker = DefectTracker(axis=0, max_missed=5, speed_px_per_frame=-100.0)
+    tracker.update(1, 0.0, [d(150, 40, 30, 10)], FRAME)
+    tracker.update(2, 0.0, [d(50, 40, 30, 10)], FRAME)
+    u = tracker.update(3, 0.0, [], FRAME)  # carried to x = -50..-20: gone, 4 frames before max_missed
+    assert [t.frames for t in u.closed] == [2] and tracker.open == []
