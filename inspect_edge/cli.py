@@ -42,68 +42,87 @@ class _Fit(str, Enum):
 
 @app.command()
 def run(
-    source: str = typer.Option("synthetic", "--source", "-s",
-                               help="Video file, rtsp/http URL, image folder or glob, or 'synthetic'."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="YAML config file (`inspect-edge config example`); flags given here override it."),
+    source: Optional[str] = typer.Option(None, "--source", "-s",
+                                         help="Video file, rtsp/http URL, image folder or glob, or 'synthetic' (default)."),
     camera: Optional[int] = typer.Option(None, "--camera", help="USB/V4L2 camera index (overrides --source)."),
-    loop: bool = typer.Option(False, "--loop", help="Restart video files and image folders at their end."),
-    realtime: bool = typer.Option(True, "--realtime/--as-fast-as-possible",
-                                  help="Play files at their own frame rate, as a camera would."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of folders and the synthetic strip."),
+    loop: Optional[bool] = typer.Option(None, "--loop/--no-loop", help="Restart video files and image folders at their end."),
+    realtime: Optional[bool] = typer.Option(None, "--realtime/--as-fast-as-possible",
+                                            help="Play files at their own frame rate, as a camera would (default)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of folders and the synthetic strip (default 10)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m",
                                          help="Model file (.onnx or TensorRT .engine); default: the built-in model."),
-    backend: _Backend = typer.Option(_Backend.auto, "--backend", help="Inference backend; auto picks by file type."),
+    backend: Optional[_Backend] = typer.Option(None, "--backend", help="Inference backend; auto (default) picks by file type."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU inference threads."),
     gpu: Optional[int] = typer.Option(None, "--gpu", help="CUDA device index for TensorRT (default $INSPECT_EDGE_GPU or 0)."),
-    fit: _Fit = typer.Option(_Fit.tile, "--fit", help="tile: native resolution, tiled; resize: squeeze to the model."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 exposes the service."),
-    port: int = typer.Option(8000, "--port", "-p"),
+    fit: Optional[_Fit] = typer.Option(None, "--fit", help="tile (default): native resolution, tiled; resize: squeeze to the model."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1); 0.0.0.0 exposes the service."),
+    port: Optional[int] = typer.Option(None, "--port", "-p", help="Port (default 8000)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/service/<UTC timestamp>)."),
-    evidence_interval: float = typer.Option(2.0, "--evidence-interval", help="Seconds between evidence sets."),
-    evidence_quota_mb: float = typer.Option(500.0, "--evidence-quota-mb", help="Disk quota for evidence."),
-    no_evidence: bool = typer.Option(False, "--no-evidence", help="Log events without saving images."),
+    evidence_interval: Optional[float] = typer.Option(None, "--evidence-interval", help="Seconds between evidence sets (default 2)."),
+    evidence_quota_mb: Optional[float] = typer.Option(None, "--evidence-quota-mb", help="Disk quota for evidence (default 500)."),
+    evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Save images with events (default) or only log them."),
     webhook: Optional[str] = typer.Option(None, "--webhook", help="URL to POST defect events to."),
-    webhook_cooldown: float = typer.Option(30.0, "--webhook-cooldown", help="Seconds between webhook calls."),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    webhook_cooldown: Optional[float] = typer.Option(None, "--webhook-cooldown", help="Seconds between webhook calls (default 30)."),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="debug, info (default), warning or error."),
     auth_token: Optional[str] = typer.Option(None, "--auth-token", envvar="INSPECT_EDGE_AUTH_TOKEN", show_envvar=True,
                                              help="Require this bearer token on every endpoint but /healthz and /readyz."),
-    metrics_open: bool = typer.Option(True, "--metrics-open/--metrics-need-token",
-                                      help="With a token: leave /metrics open for Prometheus, or ask it for the token too."),
-    max_viewers: int = typer.Option(8, "--max-viewers", help="Concurrent /stream.mjpg viewers; more get 503."),
+    metrics_open: Optional[bool] = typer.Option(None, "--metrics-open/--metrics-need-token",
+                                                help="With a token: leave /metrics open for Prometheus (default), or ask it for the token too."),
+    max_viewers: Optional[int] = typer.Option(None, "--max-viewers", help="Concurrent /stream.mjpg viewers (default 8); more get 503."),
     line_speed: Optional[float] = typer.Option(None, "--line-speed", help="Strip speed in m/s: defects per metre are reported."),
     mm_per_px: Optional[float] = typer.Option(None, "--mm-per-px", help="Strip millimetres per pixel along the strip: events carry length_mm."),
-    merge_gap: int = typer.Option(16, "--merge-gap", help="Pixels along the strip within which fragments of one class are one defect (-1: off)."),
+    merge_gap: Optional[int] = typer.Option(None, "--merge-gap", help="Pixels along the strip within which fragments of one class are one defect (default 16; -1: off)."),
 ) -> None:
     """Serve live inspection: camera -> model -> live page, /metrics, defect events."""
     import logging
     import signal
 
-    from pydantic import ValidationError
+    from inspect_edge.config_file import ConfigFileError, build_config
 
-    from inspect_edge.config import (EventsConfig, ModelConfig, ServerConfig, ServiceConfig,
-                                     SourceConfig, TrackingConfig)
-
-    if log_level.lower() not in LOG_LEVELS:
-        _fail(f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {  # flag -> (config path, value); only flags the user gave, so the file's values stand otherwise
+        "source": (("source", "spec"), str(camera) if camera is not None else source),
+        "loop": (("source", "loop"), loop), "realtime": (("source", "realtime"), realtime),
+        "fps": (("source", "fps"), fps),
+        "model": (("model", "path"), str(model) if model is not None else None),
+        "backend": (("model", "backend"), backend.value if backend else None), "threads": (("model", "threads"), threads),
+        "gpu": (("model", "gpu"), gpu), "fit": (("model", "fit"), fit.value if fit else None),
+        "host": (("server", "host"), host), "port": (("server", "port"), port),
+        "out": (("out",), str(out) if out is not None else None),
+        "evidence_interval": (("events", "evidence_min_interval_s"), evidence_interval),
+        "evidence_quota_mb": (("events", "evidence_quota_mb"), evidence_quota_mb),
+        "evidence": (("events", "evidence"), evidence), "webhook": (("events", "webhook_url"), webhook),
+        "webhook_cooldown": (("events", "webhook_cooldown_s"), webhook_cooldown),
+        "log_level": (("log_level",), log_level.lower() if log_level else None),
+        "auth_token": (("server", "auth_token"), auth_token or None),
+        "metrics_open": (("server", "metrics_open"), metrics_open), "max_viewers": (("server", "max_viewers"), max_viewers),
+        "line_speed": (("tracking", "strip_speed_m_s"), line_speed), "mm_per_px": (("tracking", "mm_per_px"), mm_per_px),
+        "merge_gap": (("tracking", "merge_gap_px"), merge_gap),
+    }
+    overrides: dict = {}
+    for key, value in given.values():
+        if value is not None:
+            node = overrides
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = value
+    flag_of = {".".join(key): "--" + name.replace("_", "-") for name, (key, value) in given.items() if value is not None}
     try:
-        cfg = ServiceConfig(
-            source=SourceConfig(spec=str(camera) if camera is not None else source, loop=loop,
-                                realtime=realtime, fps=fps),
-            model=ModelConfig(path=model, backend=backend.value, threads=threads, fit=fit.value, gpu=gpu),
-            events=EventsConfig(evidence=not no_evidence, evidence_min_interval_s=evidence_interval,
-                                evidence_quota_mb=evidence_quota_mb, webhook_url=webhook,
-                                webhook_cooldown_s=webhook_cooldown),
-            tracking=TrackingConfig(strip_speed_m_s=line_speed, mm_per_px=mm_per_px, merge_gap_px=merge_gap),
-            server=ServerConfig(host=host, port=port, auth_token=auth_token or None, metrics_open=metrics_open,
-                                max_viewers=max_viewers),
-            out=out,
-        )
-    except ValidationError as e:
-        first = e.errors()[0]
-        _fail(f"invalid option {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        cfg = build_config(config, overrides, environ={})  # the token's variable already reached --auth-token
+    except ConfigFileError as e:
+        def said(problem: str) -> str:
+            key, _, why = problem.partition(": ")
+            return f"{flag_of[key]} ({key}): {why}" if key in flag_of else (f"{config}: {problem}" if config else problem)
+
+        for problem in e.problems[:-1]:
+            typer.echo(f"inspect-edge: {said(problem)}", err=True)
+        _fail(said(e.problems[-1]))
+    host, port, auth_token = cfg.server.host, cfg.server.port, cfg.server.auth_token
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_path = cfg.model.resolved_path()
     if not model_path.is_file():
-        if model is None:
+        if cfg.model.path is None:
             _fail(f"no built-in model at {model_path}; pass --model PATH.onnx, or train and export one "
                   "(`train fit ...` then `inspect-edge export onnx ...`) and copy it there")
         _fail(f"{model_path}: no such model file")
@@ -144,7 +163,33 @@ def run(
         raise typer.Exit(3)
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+config_app = typer.Typer(help="The service's YAML config: check a file, or print a full commented example.",
+                         no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(file: Path = typer.Argument(..., help="YAML config file.")) -> None:
+    """List every problem in FILE with its key (status 2 if any), else print the resolved config."""
+    import json
+
+    from inspect_edge.config_file import build_config, check_file
+
+    problems = check_file(file)
+    for p in problems:
+        typer.echo(f"{file}: {p}", err=True)
+    if problems:
+        raise typer.Exit(2)
+    typer.echo(json.dumps(build_config(file, environ={}).model_dump(mode="json"), indent=2))
+    typer.echo(f"{file}: ok", err=True)
+
+
+@config_app.command("example")
+def config_example() -> None:
+    """Print a full config with every key at its default and what it means."""
+    from inspect_edge.config_file import example_yaml
+
+    typer.echo(example_yaml(), nl=False)
 
 
 def _port_taken(host: str, port: int) -> str:

@@ -1,4 +1,5 @@
-"""The service's one typed config. CLI flags map onto it; each run writes it to its run folder.
+"""The service's one typed config. A YAML file (`inspect_edge.config_file`) and CLI flags map
+onto it; each run writes it, resolved, to its run folder.
 
 Unknown fields are refused (extra="forbid"), so a typo in a config file fails
 at start-up with the field's name instead of being silently ignored.
@@ -91,6 +92,7 @@ class ServiceConfig(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     server: ServerConfig = ServerConfig()
     out: Path | None = Field(None, description="run folder; default runs/service/<UTC timestamp>")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def run_dir(self) -> Path:
         if self.out is not None:
