@@ -2,6 +2,7 @@
 
     inspect-edge export onnx runs/nano --out model.onnx [--fp16]   # needs the train extra
     inspect-edge export engine model.onnx --fp16 --frame 256x1600  # on the device, needs TensorRT
+    inspect-edge export int8 model.onnx --calibration-data data/train  # CPU edge boxes, ONNX Runtime
 
 Each step checks its own result: `onnx` compares PyTorch with ONNX Runtime,
 `engine` compares ONNX Runtime with TensorRT, on the same images (refusing a
@@ -85,6 +86,9 @@ def onnx_command(
     tensorrt_ops: bool = typer.Option(True, "--tensorrt-ops-check/--no-tensorrt-ops-check",
                                       help="Refuse graphs TensorRT's ONNX parser cannot take (see "
                                       "inspect_edge/backends/tensorrt_onnx_ops.py); off for CPU-only models."),
+    int8: bool = typer.Option(False, "--int8", help="Also write <out>_int8.onnx for the CPU, calibrated on "
+                              "--calibration-data and gated on mask Dice vs FP32 (see `export int8`)."),
+    calibration_data: Optional[Path] = typer.Option(None, "--calibration-data", help="Training data to calibrate INT8 on."),
 ) -> None:
     """Export a trained run to ONNX with its metadata, then check it against PyTorch."""
     from export.onnx_export import export_onnx, pytorch_vs_onnxruntime
@@ -109,6 +113,45 @@ def onnx_command(
             typer.echo("TensorRT ONNX parser: every operator is in the supported table")
         report = pytorch_vs_onnxruntime(model, unverified, shots, _tolerance(written.precision, max_diff, min_dice))
         _finish(report, unverified, target)
+    if int8:
+        if calibration_data is None:
+            raise ValueError("--int8 needs --calibration-data DIR (frames of the training data)")
+        _int8(out, out.with_name(f"{out.stem}_int8{out.suffix or '.onnx'}"), calibration_data, data, 64, 32, 0.005)
+
+
+def _int8(fp32: Path, out: Path, calibration_data: Path, check_data: Optional[Path], n_calib: int, n_check: int,
+          max_drift: float) -> None:
+    from export.int8 import frames_from_data, quantize_int8
+    from export.onnx_meta import read_metadata
+
+    info = read_metadata(fp32)
+    used, calib = frames_from_data(calibration_data, info, n_calib, seed=0)
+    # Checked on other frames than it was calibrated on: the same data set minus those, or --data.
+    skip = set(used) if check_data is None or Path(check_data) == Path(calibration_data) else set()
+    _, check = frames_from_data(check_data or calibration_data, info, n_check, seed=1, skip=skip)
+    typer.echo(f"INT8: calibrating on {len(calib)} frames of {calibration_data}, checking on {len(check)} others")
+    result = quantize_int8(fp32, out, calib, check, max_drift=max_drift, log=typer.echo)
+    if not result.passed:
+        typer.echo(f"error: INT8 refused: mask Dice vs FP32 {result.per_class_dice} stays below {1 - max_drift:g} "
+                   f"even with {len(result.float_nodes)} Conv(s) in float", err=True)
+        raise typer.Exit(EXIT_PARITY)
+    typer.echo(f"verified: {out} ({len(result.float_nodes)} Conv(s) kept in float; report {out.name}.int8.json)")
+
+
+@app.command("int8")
+@_clean_errors
+def int8_command(
+    model: Path = typer.Argument(..., help="A verified FP32 .onnx (from `export onnx`)."),
+    calibration_data: Path = typer.Option(..., "--calibration-data", help="Training data: frames to calibrate on."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default <model>_int8.onnx)."),
+    check_data: Optional[Path] = typer.Option(None, "--data", help="Held-out data to gate on (default: other frames of the calibration data)."),
+    calibration_images: int = typer.Option(64, min=1, help="Frames to calibrate on."),
+    check_images: int = typer.Option(32, min=1, help="Frames the gate compares FP32 and INT8 masks on."),
+    max_drift: float = typer.Option(0.005, help="Largest allowed per-class mask Dice drift vs FP32."),
+) -> None:
+    """FP32 ONNX -> INT8 (static QDQ, per-channel) for the CPU; refused if masks drift more than --max-drift."""
+    _int8(model, out or model.with_name(f"{model.stem}_int8{model.suffix or '.onnx'}"), calibration_data, check_data,
+          calibration_images, check_images, max_drift)
 
 
 @app.command("engine")

@@ -25,12 +25,12 @@ their metadata says. The file is written whole (no external data) and atomically
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import onnx
 import torch
 
+from export.onnx_meta import content_hash_matches, graph_hash, read_metadata  # noqa: F401 (re-exported)
 from inspect_edge.model_info import ModelInfo
 
 DEFAULT_OPSET = 18
@@ -54,10 +54,6 @@ class Float32Boundary(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x.half()).float()
-
-
-def graph_hash(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _one_line(e: BaseException) -> str:
@@ -124,19 +120,6 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | Path, *, ops
     onnx.save(proto, str(tmp))
     tmp.replace(out)
     return written
-
-
-def read_metadata(path: str | Path) -> ModelInfo:
-    """ModelInfo from an `.onnx` (raises ModelInfoError / onnx's DecodeError)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    return ModelInfo.from_metadata_props({p.key: p.value for p in proto.metadata_props}, str(path))
-
-
-def content_hash_matches(path: str | Path) -> bool:
-    """True when the graph in `path` is the one the metadata's content_hash was computed from."""
-    proto = onnx.load(str(path))
-    info = ModelInfo.from_metadata_props({p.key: p.value for p in proto.metadata_props}, str(path))
-    return graph_hash(proto) == info.content_hash
 
 
 def pytorch_vs_onnxruntime(model: torch.nn.Module, onnx_path: str | Path, images, tolerance=None, batch_size: int = 4):

@@ -86,8 +86,8 @@ class ModelInfo:
             raise ModelInfoError(f"min_areas: need one per class ({n}), got {len(self.min_areas)}")
         if any(a < 0 for a in self.min_areas):
             raise ModelInfoError(f"min_areas: must be >= 0, got {list(self.min_areas)}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ModelInfoError(f"precision: must be fp32 or fp16, got {self.precision!r}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise ModelInfoError(f"precision: must be fp32, fp16 or int8, got {self.precision!r}")
 
     # ---- conversions -------------------------------------------------------
     def to_dict(self) -> dict:
