@@ -38,7 +38,7 @@ def test_defaults_follow_class_count():
         (dict(min_areas=(0, 0, 0, -1)), "min_areas"),
         (dict(classes=("a", "a", "b", "c")), "classes"),
         (dict(std=0.0), "std"),
-        (dict(precision="int8"), "precision"),
+        (dict(precision="int4"), "precision"),
         (dict(input_channels=2), "input_channels"),
     ],
 )
