@@ -34,14 +34,20 @@ def test_deterministic_for_a_seed():
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_masks_cover_exactly_the_painted_pixels(seed):
+def test_masks_cover_the_painted_pixels_as_an_annotator_would(seed):
+    import cv2
+
     rng = np.random.default_rng(seed)
     img = material(rng, 256, 800)
     before = img.copy()
     masks = paint_defects(rng, img, StripConfig(height=256, width=800, max_defects=4))
     changed = img != before
     assert masks.any()
-    assert (changed == masks.any(axis=0)).all()
+    assert (changed <= masks.any(axis=0)).all()  # every painted pixel is labelled
+    # Thin marks (pits, cracks) are outlined 2 px wide, like a person draws them; nothing more.
+    grown = cv2.dilate(changed.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))).astype(bool)
+    assert (masks.any(axis=0) <= grown).all()
+    assert (masks[2] <= changed).all() and (masks[3] <= changed).all()  # scratches, patches: exact
     assert masks.sum(axis=0).max() <= 1  # later defects take their pixels from earlier masks
 
 
