@@ -11,6 +11,7 @@ from inspect_edge.data.dataset import (
     open_dataset,
     read_image_size,
 )
+from inspect_edge.data.cvat_mask import read_cvat_mask, write_cvat_mask
 from inspect_edge.data.mask_folder import read_mask_folder, write_mask_folder
 from inspect_edge.data.rle import RLEError, parse_rle, rle_area, rle_decode, rle_encode
 from inspect_edge.data.severstal import SeverstalWriter, read_severstal, write_severstal
@@ -31,5 +32,7 @@ __all__ = [
     "rle_decode",
     "rle_encode",
     "write_mask_folder",
+    "read_cvat_mask",
+    "write_cvat_mask",
     "write_severstal",
 ]

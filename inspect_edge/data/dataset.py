@@ -265,12 +265,12 @@ class SteelDataset:
 
 
 def open_dataset(path: str | Path, *, strict: bool = False, split: str | None = None) -> SteelDataset:
-    """Open a Severstal folder or a mask folder, whichever `path` holds.
+    """Open a Severstal folder, a mask folder or a CVAT mask export, whichever `path` holds.
 
     Problems are collected in `ds.problems` (bad items skipped); `strict=True` raises
     DataError listing them instead. A layout that is neither format raises DataError.
     """
-    from inspect_edge.data import mask_folder, severstal
+    from inspect_edge.data import cvat_mask, mask_folder, severstal
 
     root = Path(path)
     if not root.is_dir():
@@ -279,10 +279,13 @@ def open_dataset(path: str | Path, *, strict: bool = False, split: str | None = 
         ds = severstal.read_severstal(root, strict=strict)
     elif (root / "images").is_dir() and (root / "masks").is_dir() and (root / "classes.txt").is_file():
         ds = mask_folder.read_mask_folder(root, strict=strict, split=split)
+    elif (root / "labelmap.txt").is_file() and (root / "SegmentationClass").is_dir():
+        ds = cvat_mask.read_cvat_mask(root, strict=strict)
     else:
         raise DataError(
-            f"{root}: unknown data layout; expected train.csv + train_images/ (Severstal) "
-            "or images/ + masks/ + classes.txt (mask folder)"
+            f"{root}: unknown data layout; expected train.csv + train_images/ (Severstal), "
+            "images/ + masks/ + classes.txt (mask folder) or labelmap.txt + SegmentationClass/ "
+            "(CVAT Segmentation mask 1.1)"
         )
     if split is not None:
         try:
