@@ -112,9 +112,9 @@ def _fit(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def images_from_data(data: str | Path, info: ModelInfo, n: int, ids: list[str] | None = None) -> np.ndarray:
     """Up to `n` frames from a data set (preferring `ids`, e.g. a run's validation split)."""
-    from inspect_edge.data import open_dataset
+    from inspect_edge.data import open_datasets
 
-    ds = open_dataset(data)
+    ds = open_datasets(data)
     order = list(range(len(ds)))
     if ids:
         wanted = set(ids)
@@ -134,7 +134,7 @@ def images_from_run(run: str | Path, info: ModelInfo, n: int) -> np.ndarray | No
         ids = json.loads((run_dir / "split.json").read_text()).get("val_ids") if (run_dir / "split.json").is_file() else None
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
-    if not Path(data).exists():
+    if not all(Path(d).exists() for d in ([data] if isinstance(data, str) else data)):
         return None
     return images_from_data(data, info, n, ids)
 

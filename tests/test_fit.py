@@ -270,3 +270,27 @@ def test_problems_found_while_reading_are_written_into_the_run(tmp_path):
     fit(tiny_cfg(data, tmp_path / "run", epochs=1), progress=False)
     rec = json.loads((tmp_path / "run" / "data_problems.json").read_text())
     assert rec["count"] >= 1 and any("orphan" in line for line in rec["first"])
+
+
+def test_fit_merges_several_data_folders_of_any_format_and_refuses_other_classes(tmp_path):
+    from typer.testing import CliRunner
+
+    from inspect_edge.data import DataError, open_datasets, write_cvat_mask
+    from train.cli import app
+
+    a = make_mask_folder(tmp_path / "original")
+    b = tmp_path / "reviewed"  # the line's reviewed frames, exported for an annotation tool
+    write_cvat_mask(b, make_rect_samples(6, seed=5) + make_rect_samples(2, seed=6, split="val"), CLASSES)
+    merged = open_datasets([a, b])
+    assert len(merged) == 16 + 8 and merged.classes == CLASSES and sorted(merged.split_names) == ["train", "val"]
+    assert merged.ids[0].startswith("original/") and merged.ids[-1].startswith("reviewed/")
+    assert np.array_equal(merged[len(merged) - 1].masks, open_datasets(b)[7].masks)  # each decodes its own way
+    r = CliRunner().invoke(app, ["fit", "--data", str(a), "--data", str(b), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--batch-size", "4", "--crop-width", "64", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train_ids"]) == 18 and any(i.startswith("reviewed/") for i in split["val_ids"])
+    other = tmp_path / "other"
+    write_mask_folder(other, make_rect_samples(4), ("dent", "crack"))
+    with pytest.raises(DataError, match="different classes"):
+        open_datasets([a, other])

@@ -21,7 +21,7 @@ def strict_from_dict(cls: type[T], d: dict, what: str) -> T:
 
 @dataclass
 class FitConfig:
-    data: str
+    data: str | list[str]  # one data set folder, or several merged (same classes)
     out: str
     size: str = "nano"
     in_channels: int = 1

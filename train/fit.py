@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from inspect_edge.data import DataError, open_dataset
+from inspect_edge.data import DataError, open_dataset, open_datasets
 from inspect_edge.model_info import ModelInfo
 from inspect_edge.postprocess import masks_from_logits
 from inspect_edge.scoring import DiceAccumulator
@@ -93,7 +93,7 @@ class FitData:
 def prepare_data(cfg: FitConfig, out: Path, d: Dist) -> FitData:
     """Open the data, split it, take the labelled subset, size the crop, estimate the
     normalisation and fill ModelInfo; rank 0 writes config, split and data problems."""
-    ds = open_dataset(cfg.data)
+    ds = open_datasets(cfg.data)
     train_ds, val_ds, how = split_train_val(
         ds, train_split=cfg.split, val_split=cfg.val_split, val_fraction=cfg.val_fraction, seed=cfg.seed
     )

@@ -11,7 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def fit(
-        data: Path = typer.Option(..., "--data", help="Data set folder (Severstal CSV or mask folders)."),
+        data: list[Path] = typer.Option(..., "--data", help="Data set folder (Severstal CSV, mask folders, CVAT masks); repeat to merge several with the same classes."),
         out: Path = typer.Option(..., "--out", help="Run folder to write (checkpoints, model_info.json, metrics, pictures)."),
         size: str = typer.Option("nano", "--size", help="Model size: nano, small or base."),
         epochs: int = typer.Option(30, "--epochs", help="Epochs (cut to fit --time-budget-min)."),
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg = FitConfig(
-                data=str(data), out=str(out), size=size, epochs=epochs, time_budget_min=time_budget_min,
+                data=str(data[0]) if len(data) == 1 else [str(d) for d in data], out=str(out), size=size, epochs=epochs, time_budget_min=time_budget_min,
                 batch_size=batch_size, crop_width=crop_width, crop_height=crop_height, lr=lr, seed=seed,
                 workers=workers, resume=str(resume) if resume else None, split=split, val_fraction=val_fraction,
                 labelled_fraction=labelled_fraction, device=device, threads=threads, defect_crop_prob=defect_crop_prob,

@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("augment-and-fit")
     def augment_and_fit(
-        data: Path = typer.Option(..., "--data", help="Data set folder."),
+        data: list[Path] = typer.Option(..., "--data", help="Data set folder; repeat to merge several with the same classes (e.g. the line's reviewed frames and the original data)."),
         out: Path = typer.Option(..., "--out", help="Run folder: gan/, data/, runs/, report.md, report.json."),
         generator: Optional[Path] = typer.Option(None, "--generator", help="Reuse this `train gan` run instead of fitting one."),
         count: int = typer.Option(300, "--count", help="Synthetic pairs per synthetic arm."),
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             cfg = AugmentConfig(
-                data=str(data), out=str(out), generator=str(generator) if generator else None, count=count,
+                data=str(data[0]) if len(data) == 1 else [str(d) for d in data], out=str(out), generator=str(generator) if generator else None, count=count,
                 method=method, synthetic_per_batch=synthetic_per_batch,
                 labelled_fraction=labelled_fraction, seed=seed, ablation=ablation, size=size, gan_steps=gan_steps,
                 gan_time_budget_min=gan_time_budget_min, gan_crop=gan_crop, gan_batch_size=gan_batch_size, gan_base=gan_base,

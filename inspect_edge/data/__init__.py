@@ -9,6 +9,7 @@ from inspect_edge.data.dataset import (
     Sample,
     SteelDataset,
     open_dataset,
+    open_datasets,
     read_image_size,
 )
 from inspect_edge.data.cvat_mask import read_cvat_mask, write_cvat_mask
@@ -24,6 +25,7 @@ __all__ = [
     "SeverstalWriter",
     "SteelDataset",
     "open_dataset",
+    "open_datasets",
     "parse_rle",
     "read_image_size",
     "read_mask_folder",

@@ -8,6 +8,8 @@ Images themselves are decoded lazily by `ds[i]`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import struct
 from collections import Counter
@@ -293,6 +295,48 @@ def open_dataset(path: str | Path, *, strict: bool = False, split: str | None = 
         except KeyError as e:
             raise DataError(e.args[0]) from None
     return ds
+
+
+def open_datasets(paths, *, strict: bool = False, split: str | None = None) -> SteelDataset:
+    """One folder (`open_dataset`), or several merged into one data set.
+
+    The folders may be of different formats but must name the same classes in the
+    same order; image ids become `<folder name>/<id>` so two folders' ids never collide.
+    """
+    if isinstance(paths, (str, Path)):
+        return open_dataset(paths, strict=strict, split=split)
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        return open_dataset(paths[0], strict=strict, split=split)
+    parts = [open_dataset(p, strict=strict) for p in paths]
+    first = parts[0]
+    for ds in parts[1:]:
+        if ds.classes != first.classes:
+            raise DataError(f"cannot merge data sets with different classes: {first.root} has {list(first.classes)}, "
+                            f"{ds.root} has {list(ds.classes)}")
+    names = [p.name or str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in paths]
+    items, decoders = [], {}
+    for name, ds in zip(names, parts):
+        for it in ds._items:
+            items.append(dataclasses.replace(it, image_id=f"{name}/{it.image_id}", label=(name, it.label)))
+        decoders[name] = ds._decode_masks
+
+    def decode(item: Item, k: int) -> np.ndarray:
+        name, label = item.label
+        return decoders[name](dataclasses.replace(item, label=label), k)
+
+    problems = [p for ds in parts for p in ds.problems]
+    splits = tuple(dict.fromkeys(s for ds in parts for s in ds.split_names))
+    merged = SteelDataset(paths[0], "+".join(dict.fromkeys(ds.format for ds in parts)), first.classes, items,
+                          problems, decode, splits)
+    if split is not None:
+        try:
+            merged = merged.split(split)
+        except KeyError as e:
+            raise DataError(e.args[0]) from None
+    return merged
 
 
 def read_classes_txt(path: Path) -> tuple[str, ...]:

@@ -43,7 +43,7 @@ METHOD_WHY = ("largest mean paired mIoU gain over real-only in the NEU-Seg label
 
 @dataclass
 class AugmentConfig:
-    data: str
+    data: str | list[str]  # one data set folder, or several merged (same classes)
     out: str
     generator: str | None = None  # a `train gan` run to reuse instead of fitting one
     count: int = 300  # synthetic pairs per synthetic arm
@@ -145,7 +145,7 @@ def build_arm_folder(folder: Path, train_ds, held_ds, synthetic: list, classes) 
 def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     from rich.console import Console
 
-    from inspect_edge.data import open_dataset
+    from inspect_edge.data import open_datasets
     from train.config import FitConfig
     from train.evaluate import evaluate
     from train.fit import fit
@@ -159,7 +159,7 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    ds = open_dataset(cfg.data)
+    ds = open_datasets(cfg.data)
     classes = tuple(ds.classes)
     train_ds, held_ds, how = labelled_split(ds, seed=cfg.seed, labelled_fraction=cfg.labelled_fraction)
     labelled: list[LabelledImage] = load_labelled(train_ds)

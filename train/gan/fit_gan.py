@@ -30,7 +30,7 @@ GENERATOR_FORMAT = "inspect-edge-gan-generator"
 
 @dataclass
 class GanConfig:
-    data: str
+    data: str | list[str]  # one data set folder, or several merged (same classes)
     out: str
     crop: int = 128
     batch_size: int = 8
@@ -180,7 +180,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from inspect_edge.data import open_dataset
+    from inspect_edge.data import open_datasets
 
     console = console or Console()
     if cfg.threads:
@@ -192,7 +192,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    ds = open_dataset(cfg.data)
+    ds = open_datasets(cfg.data)
     k = len(ds.classes)
     train_ds, held_ds, how = labelled_split(
         ds, seed=cfg.seed, labelled_fraction=cfg.labelled_fraction, split=cfg.split,
