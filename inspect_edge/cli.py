@@ -192,6 +192,49 @@ def config_example() -> None:
     typer.echo(example_yaml(), nl=False)
 
 
+review_app = typer.Typer(help="The reviewer's decisions on a run's evidence, as training data.",
+                         no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(review_app, name="review")
+
+
+class _ReviewFormat(str, Enum):
+    mask_folder = "mask-folder"
+    severstal = "severstal"
+    cvat = "cvat"
+
+
+@review_app.command("export")
+def review_export(
+    run_dir: Path = typer.Argument(..., help="A service run folder (events.jsonl, evidence/, reviews.jsonl)."),
+    out: Path = typer.Option(..., "--out", help="Data set folder to write."),
+    fmt: _ReviewFormat = typer.Option(_ReviewFormat.mask_folder, "--format", help="mask-folder, severstal or cvat."),
+) -> None:
+    """Reviewed frames as a data set `train` reads; frames marked missed go to OUT/to_label (CVAT task, no masks)."""
+    import json
+
+    from inspect_edge.review import export_reviewed
+
+    cfg_path = run_dir / "config.json"
+    try:
+        model_path = json.loads(cfg_path.read_text())["model"]["path"]
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        _fail(f"{cfg_path}: cannot read the run's config ({e})")
+    from inspect_edge.config import DEFAULT_MODEL
+    from inspect_edge.model_info import ModelInfo
+
+    model = Path(model_path) if model_path else DEFAULT_MODEL
+    try:
+        import onnxruntime as ort
+
+        meta = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+        classes = ModelInfo.from_metadata_props(meta, str(model)).classes
+    except Exception as e:  # the run's model is the only record of its class order
+        _fail(f"{model}: cannot read the model's classes ({e})")
+    s = export_reviewed(run_dir, out, classes, fmt.value)
+    typer.echo(f"{out}: {s.frames} reviewed frame(s) ({s.confirmed} confirmed, {s.rejected} rejected, "
+               f"{s.reclassed} reclassed), {s.to_label} to label, {s.skipped} skipped (evidence gone)")
+
+
 def _port_taken(host: str, port: int) -> str:
     """Why `host:port` cannot be bound now, or '' when it can (bound the way uvicorn binds)."""
     import socket

@@ -7,7 +7,6 @@ own metadata, a real MJPEG camera that freezes, or an evidence writer that raise
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -18,46 +17,12 @@ import pytest
 from helpers_mjpeg import FlakyMjpegCamera
 from helpers_net import free_port, wait_until
 from helpers_onnx_model import build_dark_spot_model, write_strip_video
-from prometheus_client.parser import text_string_to_metric_families
+from helpers_service import metrics, serving
 
 from inspect_edge.config import ServiceConfig
 from inspect_edge.server.app import InspectionServer, create_app
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@contextlib.contextmanager
-def serving(tmp_path, spec: str, model, **sections):
-    cfg = {"source": {"spec": spec, "loop": True}, "model": {"path": str(model), "threads": 1}}
-    for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
-    app = create_app(ServiceConfig.model_validate(cfg), run_dir=tmp_path / "run")
-    port = free_port()
-    server = InspectionServer(app, "127.0.0.1", port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
-    try:
-        wait_until(lambda: _answers(client), 20, "the server answering")
-        yield server.service, client
-    finally:
-        server.request_stop()
-        thread.join(8)
-        client.close()
-    assert not thread.is_alive()
-
-
-def _answers(client) -> bool:
-    try:
-        client.get("/healthz")
-        return True
-    except httpx.TransportError:
-        return False
-
-
-def metrics(client) -> dict:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
 
 
 @pytest.fixture(scope="module")

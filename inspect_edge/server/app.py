@@ -3,7 +3,8 @@
 Endpoints: `/` live page, `/stream.mjpg`, `/snapshot.jpg`, `/api/stats`,
 `/api/defects?limit=N`, `/api/defects/{id}/thumb.jpg`, `/healthz` (503 when a
 worker thread died or is past its restart budget: restart the process), `/readyz`
-(model loaded, warmed up and the source delivering), `/metrics`.
+(model loaded, warmed up and the source delivering), `/metrics`; `/review` and
+`/api/review` (the reviewer's decisions on saved evidence, `inspect_edge.review`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from inspect_edge import __version__
 from inspect_edge.config import ServiceConfig
+from inspect_edge.review import ReviewError, ReviewLog, read_events
 from inspect_edge.server.auth import TokenGate
 from inspect_edge.server.service import InspectionService
 
@@ -30,6 +33,14 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 BOUNDARY = "frame"
 NO_CACHE = {"Cache-Control": "no-store"}
+
+
+class ReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    defect_id: int
+    decision: str
+    new_class: str | None = Field(None, alias="class")
+    reviewer: str | None = Field(None, max_length=80)
 
 
 def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_factory=None) -> FastAPI:
@@ -100,6 +111,39 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
         if item is None:
             raise HTTPException(503, "no frame processed yet")
         return Response(item[1], media_type="image/jpeg", headers={**NO_CACHE, "X-Frame-Seq": str(item[0])})
+
+    # ---- review of the line's evidence (token-protected like everything but the probes) ----
+    @app.get("/review", include_in_schema=False)
+    def review_page() -> FileResponse:
+        return FileResponse(STATIC / "review.html", headers=NO_CACHE)
+
+    def review_log() -> ReviewLog:
+        info = service.pipeline.info
+        if info is None:
+            raise HTTPException(503, "model not loaded yet: its classes are needed to review")
+        return ReviewLog(run_dir, info.classes)
+
+    @app.get("/api/review")
+    def review_queue(limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+        log_ = review_log()
+        return JSONResponse({"classes": list(log_.classes), "items": log_.queue(limit)}, headers=NO_CACHE)
+
+    @app.post("/api/review")
+    def review_decide(body: ReviewBody) -> JSONResponse:
+        try:
+            rec = review_log().record(body.defect_id, body.decision, body.new_class, body.reviewer)
+        except ReviewError as e:
+            status = 404 if str(e).startswith("defect_id") else 400
+            raise HTTPException(status, str(e)) from None
+        return JSONResponse(rec)
+
+    @app.get("/api/review/{defect_id}/overlay.jpg")
+    def review_overlay(defect_id: int) -> Response:
+        event = read_events(run_dir).get(defect_id)
+        path = run_dir / event["evidence"] / "overlay.jpg" if event and event.get("evidence") else None
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"no evidence for defect {defect_id} (none saved, or removed by the quota)")
+        return FileResponse(path, media_type="image/jpeg")
 
     @app.get("/stream.mjpg")
     async def stream() -> StreamingResponse:
