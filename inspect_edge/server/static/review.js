@@ -10,7 +10,7 @@ function card(item) {
   const options = classes.filter((c) => c !== item.class).map((c) => `<option>${c}</option>`).join("");
   div.innerHTML =
     `<img src="/api/review/${item.defect_id}/overlay.jpg" alt="defect ${item.defect_id}">` +
-    `<div class="meta">#${item.defect_id} <b>${item.class}</b> peak ${item.peak_prob.toFixed(2)} · ` +
+    `<div class="info">#${item.defect_id} <b>${item.class}</b> peak ${item.peak_prob.toFixed(2)} · ` +
     `${item.frames} frame(s) · ${item.length_px} px · ${new Date(item.first_time * 1000).toLocaleTimeString()}` +
     (r ? ` · <span class="decision">${r.decision}${r.class ? " → " + r.class : ""}</span>` : "") + `</div>` +
     `<button data-d="confirm">confirm</button><button data-d="reject">reject (false)</button>` +
