@@ -39,6 +39,7 @@ class ModelConfig(_Strict):
     fit: Literal["tile", "resize"] = "tile"
     tile_overlap: int = Field(32, ge=0)
     gpu: int | None = Field(None, ge=0, description="CUDA device index for TensorRT (None: $INSPECT_EDGE_GPU, else 0)")
+    shadow_every: int = Field(5, ge=1, description="a candidate model (POST /api/model) also runs on every Nth frame, compared with production")
 
     def resolved_path(self) -> Path:
         return self.path if self.path is not None else DEFAULT_MODEL

@@ -221,7 +221,7 @@ class EventRecorder:
         stamp = datetime.fromtimestamp(track.first_time, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3]
         name = f"{stamp}Z-d{track.id:08d}"
         event = {**track.to_event(self._speed, self.tracking.mm_per_px), "iso_time": iso(track.first_time),
-                 "evidence": None}
+                 "model_version": result.model_version if result is not None else None, "evidence": None}
         if at_stop:
             event["open_at_stop"] = True
         with self._lock:

@@ -24,8 +24,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class _StateCollector:
     """Counters and gauges read from the live objects at scrape time."""
 
-    def __init__(self, capture, pipeline, events, threads=None) -> None:
-        self.capture, self.pipeline, self.events, self.threads = capture, pipeline, events, threads
+    def __init__(self, capture, pipeline, events, threads=None, swap=None) -> None:
+        self.capture, self.pipeline, self.events, self.threads, self.swap = capture, pipeline, events, threads, swap
 
     def describe(self):
         return []  # families are built per scrape; nothing to pre-register
@@ -60,6 +60,21 @@ class _StateCollector:
                 healthy.add_metric([name], 1 if st["healthy"] else 0)
             yield restarts
             yield healthy
+        if self.swap is not None:
+            st = self.swap.status()
+            yield CounterMetricFamily(f"{p}_model_swaps", "Promotions and rollbacks carried out between frames.",
+                                      value=st["swaps"])
+            shadow = st["shadow"]
+            if shadow is not None:
+                yield CounterMetricFamily(f"{p}_shadow_frames", f"Frames the candidate {st['candidate']} also ran on.",
+                                          value=shadow["frames"])
+                dice = GaugeMetricFamily(f"{p}_shadow_dice", "Candidate vs production mask Dice over the shadowed frames.",
+                                         labels=["class", "candidate"])
+                for name, d in shadow["dice_vs_production"].items():
+                    dice.add_metric([name, st["candidate"]], d)
+                yield dice
+                yield GaugeMetricFamily(f"{p}_shadow_defect_count_diff", "Candidate minus production defects, summed over shadowed frames.",
+                                        value=shadow["defect_count_diff"])
         defects = CounterMetricFamily(f"{p}_defects", "Physical defects found, by class (one per defect, however many frames see it).",
                                       labels=["class"])
         for name, n in pipe.defects.items():
@@ -106,9 +121,9 @@ class ServiceMetrics:
         self.model = Info(f"{p}_model", "The model being served.", registry=self.registry)
         self._area_values: dict[str, float] = {}
 
-    def bind(self, capture, pipeline, events=None, threads=None) -> None:
+    def bind(self, capture, pipeline, events=None, threads=None, swap=None) -> None:
         """`threads`: a callable giving {name: SupervisedThread}, read at every scrape."""
-        self.registry.register(_StateCollector(capture, pipeline, events, threads))
+        self.registry.register(_StateCollector(capture, pipeline, events, threads, swap))
         self.registry.register(_AreaCollector(self))
 
     def set_model(self, model_version: str, backend: str, precision: str) -> None:

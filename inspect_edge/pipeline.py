@@ -23,6 +23,7 @@ import numpy as np
 from inspect_edge.backends.base import Backend
 from inspect_edge.config import TrackingConfig
 from inspect_edge.model_info import ModelInfo
+from inspect_edge.model_swap import ModelSwap
 from inspect_edge.postprocess import Defect, analyse_logits
 from inspect_edge.preprocess import FitMode, Preprocessor
 from inspect_edge.sources.base import Frame
@@ -51,6 +52,7 @@ class FrameResult:
     started: list[Track] = field(default_factory=list)   # physical defects first seen in this frame
     closed: list[Track] = field(default_factory=list)    # physical defects that left the view
     strip_speed_px: float = 0.0                          # the tracker's estimate, px per captured frame
+    model_version: str = ""                              # the model that produced it (hot swaps change it)
 
 
 @dataclass
@@ -62,13 +64,40 @@ class PipelineCounts:
     strip_metres: float = 0.0          # strip inspected, when the line speed is configured
 
 
+def infer_frame(backend: Backend, pre: Preprocessor, batch: np.ndarray, plan) -> np.ndarray:
+    """(K, H, W) logits of one frame: all its tiles through the model, in chunks it accepts, stitched."""
+    step = max(1, backend.max_batch)
+    parts = [backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
+    logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if not np.isfinite(logits).all():
+        raise ValueError(f"model output holds {np.count_nonzero(~np.isfinite(logits))} NaN or infinite values")
+    return pre.stitch(logits, plan)
+
+
+def check_backend(backend: Backend, pre: Preprocessor) -> str:
+    """Run one strip frame through every stage; the reason it cannot run, or '' when it can."""
+    try:
+        backend.warmup(1)
+    except Exception as e:
+        return f"warm-up inference failed: {type(e).__name__}: {e}"
+    h, w = WARMUP_FRAME
+    image = np.tile(np.linspace(40, 200, w, dtype=np.uint8), (h, 1))
+    try:
+        batch, plan = pre.to_batch(image)
+        analyse_logits(infer_frame(backend, pre, batch, plan), backend.info)
+    except Exception as e:
+        return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+    return ""
+
+
 class InspectionPipeline:
     def __init__(self, capture: LatestFrameCapture, backend_factory: Callable[[], Backend], *,
                  fit: FitMode = "tile", overlap: int = 32,
                  sinks: Sequence[Callable[[FrameResult], None]] = (),
                  on_model_loaded: Callable[[Backend], None] | None = None,
-                 tracking: TrackingConfig | None = None) -> None:
+                 tracking: TrackingConfig | None = None, swap: ModelSwap | None = None) -> None:
         self.capture = capture
+        self.swap = swap
         self.tracking = tracking or TrackingConfig()
         self.tracker = self._new_tracker()
         self.backend_factory = backend_factory
@@ -76,6 +105,7 @@ class InspectionPipeline:
         self.sinks = list(sinks)
         self.on_model_loaded = on_model_loaded
         self.info: ModelInfo | None = None
+        self.current_backend: Backend | None = None  # production, as the inference thread last set it
         self.backend_name = ""
         self.precision = ""
         self.load_error = ""
@@ -85,6 +115,7 @@ class InspectionPipeline:
         self._lock = threading.Lock()
         self._rate = RateMeter()               # completion times, for the processed rate
         self._frame_failures = RepeatedFailureLog(log, "frame inference")
+        self._shadow_failures = RepeatedFailureLog(log, "candidate model (shadow)")
         self._sink_failures: dict[int, RepeatedFailureLog] = {}
         self._worker = SupervisedThread(self._run, "inference")
         self._stop = self._worker.stop_event
@@ -136,8 +167,16 @@ class InspectionPipeline:
                     self._counts.detections = {c: 0 for c in self.info.classes}
             if self.on_model_loaded:
                 self.on_model_loaded(backend)
+            self.current_backend = backend
             self.ready.set()
             while not self._stop.is_set():
+                if self.swap is not None and (new := self.swap.between_frames((backend, pre))) is not None:
+                    backend, pre = new  # between two frames: none is dropped or counted twice
+                    self.current_backend = backend
+                    self.info, self.backend_name, self.precision = backend.info, backend.name, backend.precision
+                    log.info("model %s now in production", backend.info.model_version)
+                    if self.on_model_loaded:
+                        self.on_model_loaded(backend)
                 frame = self.capture.take(timeout=0.2)
                 if frame is None:
                     continue
@@ -148,6 +187,11 @@ class InspectionPipeline:
                     with self._lock:
                         self._counts.errors += 1
                     continue
+                if self.swap is not None:
+                    try:
+                        self.swap.shadow(frame.seq, frame.image, result.masks, len(result.defects))
+                    except Exception:  # a broken candidate never costs production a frame
+                        self._shadow_failures.failed(f"frame {frame.seq} not shadowed")
                 self._record(result)
                 for sink in self.sinks:
                     try:
@@ -158,22 +202,11 @@ class InspectionPipeline:
         finally:
             self.ready.clear()
             backend.close()
+            if self.swap is not None:
+                self.swap.close_all(keep=backend)
 
     def _check_model(self, backend: Backend, pre: Preprocessor) -> str:
-        """Run one strip frame through every stage; the reason it cannot run, or '' when it can."""
-        try:
-            backend.warmup(1)
-        except Exception as e:
-            return f"warm-up inference failed: {type(e).__name__}: {e}"
-        h, w = WARMUP_FRAME
-        frame = Frame(0, np.tile(np.linspace(40, 200, w, dtype=np.uint8), (h, 1)), time.time(), time.monotonic())
-        try:
-            self._process(frame, backend, pre)
-        except Exception as e:
-            return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-        finally:
-            self.tracker = self._new_tracker()  # the warm-up frame's defects are not the strip's
-        return ""
+        return check_backend(backend, pre)
 
     def _new_tracker(self) -> DefectTracker:
         t = self.tracking
@@ -185,14 +218,8 @@ class InspectionPipeline:
         t0 = time.perf_counter()
         batch, plan = pre.to_batch(frame.image)
         t1 = time.perf_counter()
-        # All tiles of a frame go through the model together, in chunks the backend accepts.
-        step = max(1, backend.max_batch)
-        parts = [backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
-        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        full = infer_frame(backend, pre, batch, plan)
         t2 = time.perf_counter()
-        if not np.isfinite(logits).all():
-            raise ValueError(f"model output holds {np.count_nonzero(~np.isfinite(logits))} NaN or infinite values")
-        full = pre.stitch(logits, plan)
         masks, defects = analyse_logits(full, info, frame.capture_time)
         defects = merge_fragments(defects, self.tracking.merge_gap_px, self.tracking.axis_index)
         update = self.tracker.update(frame.seq, frame.capture_time, defects, frame.image.shape)
@@ -204,7 +231,7 @@ class InspectionPipeline:
             defects=defects, stage_s={"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2},
             latency_s=time.monotonic() - frame.capture_mono, area_share=share, tiles=plan.num_tiles,
             track_ids=update.track_ids, started=update.started, closed=update.closed,
-            strip_speed_px=self.tracker.speed,
+            strip_speed_px=self.tracker.speed, model_version=info.model_version,
         )
 
     def _record(self, result: FrameResult) -> None:

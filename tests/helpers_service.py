@@ -14,8 +14,8 @@ from inspect_edge.server.app import InspectionServer, create_app
 
 
 @contextlib.contextmanager
-def serving(tmp_path, spec: str, model, **sections):
-    cfg = {"source": {"spec": spec, "loop": True}, "model": {"path": str(model), "threads": 1}}
+def serving(tmp_path, spec: str, model_path, **sections):
+    cfg = {"source": {"spec": spec, "loop": True}, "model": {"path": str(model_path), "threads": 1}}
     for name, values in sections.items():
         cfg.setdefault(name, {}).update(values)
     app = create_app(ServiceConfig.model_validate(cfg), run_dir=tmp_path / "run")

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inspect_edge import __version__
 from inspect_edge.config import ServiceConfig
+from inspect_edge.model_swap import SwapRefused
 from inspect_edge.review import ReviewError, ReviewLog, read_events
 from inspect_edge.server.auth import TokenGate
 from inspect_edge.server.service import InspectionService
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 BOUNDARY = "frame"
 NO_CACHE = {"Cache-Control": "no-store"}
+
+
+class ModelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
 
 
 class ReviewBody(BaseModel):
@@ -144,6 +150,32 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
         if path is None or not path.is_file():
             raise HTTPException(404, f"no evidence for defect {defect_id} (none saved, or removed by the quota)")
         return FileResponse(path, media_type="image/jpeg")
+
+    # ---- hot swap: a candidate model shadowed on live frames, promoted between two frames ----
+    @app.get("/api/model")
+    def model_status() -> JSONResponse:
+        info = service.pipeline.info
+        return JSONResponse({"production": None if info is None else info.model_version, **service.swap.status()},
+                            headers=NO_CACHE)
+
+    @app.post("/api/model")
+    async def model_propose(body: ModelBody) -> JSONResponse:
+        if not service.pipeline.ready.is_set():
+            raise HTTPException(503, "production model not loaded yet")
+        production = service.pipeline.current_backend
+        try:
+            return JSONResponse(await run_in_threadpool(service.swap.propose, Path(body.path), production))
+        except SwapRefused as e:
+            raise HTTPException(400, str(e)) from None
+
+    @app.post("/api/model/{action}")
+    async def model_action(action: str) -> JSONResponse:
+        if action not in ("promote", "rollback"):
+            raise HTTPException(404, f"unknown action {action!r}: promote or rollback")
+        try:
+            return JSONResponse(await run_in_threadpool(service.swap.request, action))
+        except SwapRefused as e:
+            raise HTTPException(409, str(e)) from None
 
     @app.get("/stream.mjpg")
     async def stream() -> StreamingResponse:

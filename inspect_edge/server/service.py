@@ -18,6 +18,7 @@ from inspect_edge.backends.base import Backend
 from inspect_edge.config import ServiceConfig
 from inspect_edge.events import EventRecorder
 from inspect_edge.metrics import ServiceMetrics
+from inspect_edge.model_swap import ModelSwap
 from inspect_edge.overlay import class_color_hex
 from inspect_edge.pipeline import FrameResult, InspectionPipeline
 from inspect_edge.server.live import LiveView
@@ -52,11 +53,14 @@ class InspectionService:
         self.events = EventRecorder(self.run_dir, cfg.events, cfg.tracking)
         sv = cfg.server
         self.live = LiveView(sv.jpeg_quality, sv.recent_window_s, sv.recent_interval_s)
+        self.swap = ModelSwap(self._open_candidate, fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
+                              shadow_every=cfg.model.shadow_every)
         self.pipeline = InspectionPipeline(
             self.capture, backend_factory or default_backend_factory(cfg),
             fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
-            sinks=[self._observe, self.live, self.events], on_model_loaded=self._model_loaded, tracking=cfg.tracking)
-        self.metrics.bind(self.capture, self.pipeline, self.events, self.threads)
+            sinks=[self._observe, self.live, self.events], on_model_loaded=self._model_loaded, tracking=cfg.tracking,
+            swap=self.swap)
+        self.metrics.bind(self.capture, self.pipeline, self.events, self.threads, self.swap)
         self.stopping = threading.Event()   # streaming responses end when this is set
         self.started_at = time.monotonic()
         self._stopped = False
@@ -93,6 +97,13 @@ class InspectionService:
                for name, st in states.items() if not st["healthy"]]
         return not bad, "; ".join(bad) or "ok", states
 
+    def _open_candidate(self, path: Path) -> Backend:
+        from inspect_edge.backends import open_backend
+
+        if Path(path).suffix.lower() != ".onnx":
+            raise ValueError("hot swap takes an .onnx model (ONNX Runtime); a TensorRT engine needs a restart")
+        return open_backend(path, "onnxruntime", self.cfg.model.threads)
+
     # ---- sinks and callbacks (inference thread) ----------------------------
     def _model_loaded(self, backend: Backend) -> None:
         info = backend.info
@@ -100,7 +111,7 @@ class InspectionService:
         log.info("model %s %s on %s (%s); input %dx%d; classes %s", info.arch, info.model_version,
                  backend.name, backend.precision, info.input_height, info.input_width, list(info.classes))
         if not self.stopping.is_set():
-            self.capture.start()
+            self.capture.start()  # a second call (after a hot swap) is a no-op
 
     def _observe(self, result: FrameResult) -> None:
         self.metrics.observe(result, self.pipeline.info.classes)
