@@ -40,6 +40,9 @@ class ModelConfig(_Strict):
     tile_overlap: int = Field(32, ge=0)
     gpu: int | None = Field(None, ge=0, description="CUDA device index for TensorRT (None: $INSPECT_EDGE_GPU, else 0)")
     shadow_every: int = Field(5, ge=1, description="a candidate model (POST /api/model) also runs on every Nth frame, compared with production")
+    auto_promote_after: int | None = Field(None, ge=1, description="promote a candidate by itself after this many shadowed frames, if the limits below hold (None: only by POST /api/model/promote)")
+    auto_promote_min_dice: float = Field(0.9, ge=0, le=1, description="every class's shadow mask Dice vs production must be at least this")
+    auto_promote_min_val_dice: float | None = Field(None, ge=0, le=1, description="and the candidate's own validation competition Dice (metrics.json of its training run) at least this")
 
     def resolved_path(self) -> Path:
         return self.path if self.path is not None else DEFAULT_MODEL

@@ -8,11 +8,16 @@ production carries on either way. While a candidate waits, every
 are compared with production's (per-class Dice over the shadowed frames,
 defect-count difference). `promote()` and `rollback()` are carried out by the
 inference thread between two frames, so no frame is dropped or counted twice
-because of a swap; the request waits until it is done.
+because of a swap; the request waits until it is done. Optionally a candidate
+promotes itself after `auto_after` shadowed frames when every class agrees with
+production to `auto_min_dice` and its own validation score (the `metrics.json`
+of the run its metadata names) reaches `auto_min_val_dice`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from pathlib import Path
 
@@ -21,6 +26,17 @@ import numpy as np
 from inspect_edge.backends.base import Backend
 from inspect_edge.postprocess import analyse_logits
 from inspect_edge.preprocess import Preprocessor
+
+
+log = logging.getLogger(__name__)
+
+
+def _validation_dice(source_run: str) -> float | None:
+    """The candidate's own validation score, from the training run its metadata names."""
+    try:
+        return float(json.loads((Path(source_run) / "metrics.json").read_text())["val_competition_dice_calibrated"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 class SwapRefused(ValueError):
@@ -49,9 +65,12 @@ class ShadowStats:
 
 
 class ModelSwap:
-    def __init__(self, open_candidate, *, fit: str = "tile", overlap: int = 32, shadow_every: int = 5) -> None:
+    def __init__(self, open_candidate, *, fit: str = "tile", overlap: int = 32, shadow_every: int = 5,
+                 auto_after: int | None = None, auto_min_dice: float = 0.9, auto_min_val_dice: float | None = None) -> None:
         self.open_candidate, self.fit, self.overlap = open_candidate, fit, overlap
         self.shadow_every = max(1, shadow_every)
+        self.auto_after, self.auto_min_dice, self.auto_min_val_dice = auto_after, auto_min_dice, auto_min_val_dice
+        self._val_dice: float | None = None
         self._lock = threading.Lock()
         self.candidate: tuple[Backend, Preprocessor] | None = None
         self.previous: tuple[Backend, Preprocessor] | None = None
@@ -81,6 +100,7 @@ class ModelSwap:
         if why:
             cand.close()
             raise SwapRefused(f"{path}: candidate refused: {why}")
+        self._val_dice = _validation_dice(info.source_run)
         with self._lock:
             old, self.candidate, self.stats = self.candidate, (cand, pre), ShadowStats(info.classes)
         if old is not None:
@@ -145,5 +165,17 @@ class ModelSwap:
         batch, plan = pre.to_batch(image)
         masks, defects = analyse_logits(infer_frame(backend, pre, batch, plan), backend.info)
         with self._lock:
-            if self.stats is stats:
-                stats.add(prod_masks, masks, n_prod, len(defects))
+            if self.stats is not stats:
+                return
+            stats.add(prod_masks, masks, n_prod, len(defects))
+            if self.auto_after and stats.frames >= self.auto_after and self._wanted is None and self._auto_ok(stats):
+                log.info("auto-promoting %s after %d shadowed frames: %s", backend.info.model_version, stats.frames,
+                         stats.summary()["dice_vs_production"])
+                self._wanted = "promote"
+
+    def _auto_ok(self, stats: ShadowStats) -> bool:
+        if min(stats.summary()["dice_vs_production"].values()) < self.auto_min_dice:
+            return False
+        if self.auto_min_val_dice is not None:
+            return self._val_dice is not None and self._val_dice >= self.auto_min_val_dice
+        return True

@@ -56,3 +56,19 @@ def test_candidate_refused_shadowed_promoted_and_rolled_back_without_losing_a_fr
     assert f["captured"] == f["processed"] + sum(f["dropped"].values()) and f["dropped"]["error"] == 0
     versions = {json.loads(x)["model_version"] for x in (tmp_path / "run" / "events.jsonl").read_text().splitlines()}
     assert "b-2.0" in versions and "a-1.0" in versions  # events name the model that found them
+
+
+@pytest.mark.parametrize("min_dice, promoted", [(0.5, True), (0.9999, False)])
+def test_a_candidate_promotes_itself_only_when_it_agrees_with_production(tmp_path, min_dice, promoted):
+    prod, cand = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    build_dark_spot_model(prod, model_version="a-1.0")
+    build_dark_spot_model(cand, model_version="b-2.0", cutoffs=(95, 45))
+    video = write_strip_video(tmp_path / "strip.avi", 50, fps=25)
+    model = {"shadow_every": 1, "auto_promote_after": 4, "auto_promote_min_dice": min_dice}
+    with serving(tmp_path, str(video), prod, model=model) as (service, client):
+        wait_until(lambda: client.get("/readyz").status_code == 200, 30, "ready")
+        assert client.post("/api/model", json={"path": str(cand)}).status_code == 200
+        wait_until(lambda: client.get("/api/model").json()["swaps"] == 1 or
+                   ((client.get("/api/model").json()["shadow"] or {}).get("frames", 0) >= 8), 20, "a decision")
+        status = client.get("/api/model").json()
+        assert (status["production"] == "b-2.0") is promoted and status["swaps"] == int(promoted)

@@ -53,8 +53,10 @@ class InspectionService:
         self.events = EventRecorder(self.run_dir, cfg.events, cfg.tracking)
         sv = cfg.server
         self.live = LiveView(sv.jpeg_quality, sv.recent_window_s, sv.recent_interval_s)
-        self.swap = ModelSwap(self._open_candidate, fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
-                              shadow_every=cfg.model.shadow_every)
+        m = cfg.model
+        self.swap = ModelSwap(self._open_candidate, fit=m.fit, overlap=m.tile_overlap, shadow_every=m.shadow_every,
+                              auto_after=m.auto_promote_after, auto_min_dice=m.auto_promote_min_dice,
+                              auto_min_val_dice=m.auto_promote_min_val_dice)
         self.pipeline = InspectionPipeline(
             self.capture, backend_factory or default_backend_factory(cfg),
             fit=cfg.model.fit, overlap=cfg.model.tile_overlap,
