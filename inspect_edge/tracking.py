@@ -14,6 +14,7 @@ peak score.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 from inspect_edge.postprocess import Defect
@@ -126,6 +127,7 @@ class DefectTracker:
         self.open: list[Track] = []
         self._next_id = 1
         self._last_seq: int | None = None
+        self._recent_shifts: deque[float] = deque(maxlen=64)
 
     def update(self, seq: int, frame_time: float, defects: list[Defect], frame_shape: tuple[int, int]) -> TrackUpdate:
         step = 1 if self._last_seq is None else max(1, seq - self._last_seq)
@@ -165,9 +167,11 @@ class DefectTracker:
                 ids[di] = t.id
                 out.started.append(t)
         if shifts and self.fixed_speed is None:
-            shifts.sort()
-            observed = shifts[len(shifts) // 2]
-            self.speed = observed if not self._speed_known else 0.7 * self.speed + 0.3 * observed
+            # The median of recent matches: one defect's box growing or shrinking as the
+            # model sees more or less of it moves its centre, and must not drag the estimate.
+            self._recent_shifts.extend(shifts)
+            ordered = sorted(self._recent_shifts)
+            self.speed = ordered[len(ordered) // 2]
             self._speed_known = True
         still = []
         for t in self.open:
