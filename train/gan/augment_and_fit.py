@@ -36,9 +36,9 @@ METHOD_ARMS = {"copy-paste": "real+copy-paste", "gan": "real+gan", "gan-blend": 
 DEFAULT_METHOD = "gan-blend"
 # From train/studies/neu-label-curve/2-masked-discriminator (NEU-Seg, 3 seeds per cell):
 # the largest mean paired mIoU gain over real-only at 5% and 10% labels. Not a proven win.
-METHOD_WHY = ("largest mean paired mIoU gain over real-only in the NEU-Seg label-curve study "
-              "(+0.020 at 5%/10% labels vs copy-paste +0.016, GAN +0.019; 3 seeds), but no arm met "
-              "the study's goal: the gain over copy-paste is within seed noise")
+METHOD_WHY = ("largest mean paired mIoU gain over real-only in the NEU-Seg label-curve studies "
+              "(5 seeds: +0.019 at 5%/10% labels vs copy-paste +0.015; z 5.0 at 10%), but no arm met "
+              "the studies' goal: the gain over copy-paste is within seed noise")
 
 
 @dataclass
