@@ -133,9 +133,9 @@ def _int8(fp32: Path, out: Path, calibration_data: Path, check_data: Optional[Pa
     result = quantize_int8(fp32, out, calib, check, max_drift=max_drift, log=typer.echo)
     if not result.passed:
         typer.echo(f"error: INT8 refused: mask Dice vs FP32 {result.per_class_dice} stays below {1 - max_drift:g} "
-                   f"even with {len(result.float_nodes)} Conv(s) in float", err=True)
+                   f"even with {len(result.float_nodes)} node(s) in float", err=True)
         raise typer.Exit(EXIT_PARITY)
-    typer.echo(f"verified: {out} ({len(result.float_nodes)} Conv(s) kept in float; report {out.name}.int8.json)")
+    typer.echo(f"verified: {out} ({len(result.float_nodes)} node(s) kept in float; report {out.name}.int8.json)")
 
 
 @app.command("int8")

@@ -8,8 +8,9 @@ random tensors: activation ranges of random input say nothing about steel).
 The gate is the service's own: on held-out frames, the INT8 model's masks
 (after the model's thresholds and minimum areas) must agree with the FP32
 model's with per-class Dice >= 1 - max_drift (0.995). If they do not, layers
-are put back to float, most sensitive first: each Conv's sensitivity is
-measured by quantising it alone and taking the logit error it causes. After
+are put back to float, most sensitive first: each quantised node's (Conv,
+ConvTranspose, Add, Concat, Resize, ...) sensitivity is measured by quantising
+it alone and taking the logit error it causes. After
 `max_rounds` it refuses with the figures. Only numpy, onnx and onnxruntime:
 no torch.
 """
@@ -29,7 +30,7 @@ from inspect_edge.model_info import ModelInfo
 @dataclass
 class Int8Result:
     out: Path
-    float_nodes: list[str]                      # Convs kept in float to pass the gate
+    float_nodes: list[str]                      # nodes kept in float to pass the gate
     per_class_dice: dict[str, float]            # INT8 masks vs FP32 masks, held-out frames
     max_drift: float
     rounds: list[dict] = field(default_factory=list)
@@ -94,14 +95,19 @@ def _logits(path: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
     return np.concatenate([s.run(None, {name: x[i:i + 4]})[0] for i in range(0, len(x), 4)]).astype(np.float32)
 
 
-def conv_nodes(path: Path) -> list[str]:
+# Ops ONNX Runtime's QDQ quantiser puts into 8 bits in a U-Net: each can be kept in float.
+QUANTISED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool",
+                 "AveragePool", "GlobalAveragePool", "Relu", "LeakyRelu", "Sigmoid", "Clip")
+
+
+def quantisable_nodes(path: Path) -> list[str]:
     import onnx
 
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"]
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in QUANTISED_OPS]
 
 
 def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames: np.ndarray, *,
-                  max_drift: float = 0.005, max_rounds: int = 6, threads: int | None = None, log=print) -> Int8Result:
+                  max_drift: float = 0.005, max_rounds: int = 8, threads: int | None = None, log=print) -> Int8Result:
     """Quantise `fp32` to `out` and gate it (see module doc); `out` is written only when it passes."""
     from export.onnx_meta import graph_hash, read_metadata
     from inspect_edge.postprocess import mask_dice_between
@@ -125,7 +131,7 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
             worst = min(dice.values())
             result.rounds.append({"float_nodes": list(result.float_nodes), "per_class_dice": dice,
                                   "positive_pixels": positive})
-            log(f"INT8 with {len(result.float_nodes)} Conv(s) in float: mask Dice vs FP32 "
+            log(f"INT8 with {len(result.float_nodes)} node(s) in float: mask Dice vs FP32 "
                 + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()))
             result.per_class_dice = dice
             if worst >= 1 - max_drift or round_ == max_rounds:
@@ -134,7 +140,7 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
                 result.sensitivity = conv_sensitivity(fp32, calib, check[: min(4, len(check))], ref[: min(4, len(check))],
                                                       Path(tmp), threads)
                 ranked = [n for n, _ in result.sensitivity]
-                log("most sensitive Convs: " + ", ".join(f"{n} ({s:.3g})" for n, s in result.sensitivity[:5]))
+                log("most sensitive nodes: " + ", ".join(f"{n} ({s:.3g})" for n, s in result.sensitivity[:5]))
             more = max(1, len(result.float_nodes))  # 1, 2, 4, 8, ... layers back in float
             result.float_nodes = ranked[: min(len(ranked), len(result.float_nodes) + more)]
         if not result.passed:
@@ -157,11 +163,11 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
 
 def conv_sensitivity(fp32: Path, calib: np.ndarray, check: np.ndarray, ref: np.ndarray, tmp: Path,
                      threads: int | None) -> list[tuple[str, float]]:
-    """Each Conv quantised alone: the mean |logit| error it causes, largest first."""
+    """Each quantisable node quantised alone: the mean |logit| error it causes, largest first."""
     scores = []
     probe = tmp / "one.onnx"
     small = calib[: min(8, len(calib))]
-    for name in conv_nodes(fp32):
+    for name in quantisable_nodes(fp32):
         _quantize(fp32, probe, small, only=[name])
         scores.append((name, float(np.abs(_logits(probe, check, threads) - ref).mean())))
     return sorted(scores, key=lambda t: -t[1])
