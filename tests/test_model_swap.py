@@ -4,6 +4,8 @@ between two frames with no frame lost, and rolled back."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 from helpers_net import wait_until
@@ -38,6 +40,10 @@ def test_candidate_refused_shadowed_promoted_and_rolled_back_without_losing_a_fr
         assert 0.5 < min(dice.values()) < 1.0  # similar, not identical: the cutoffs differ
         m = metrics(client)
         assert m[("inspect_edge_shadow_dice", (("candidate", "b-2.0"), ("class", "dark")))] == pytest.approx(dice["dark"])
+        if shutil.which("chromium"):  # the live page says which candidate is in shadow, and how it agrees
+            dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                                  "--dump-dom", str(client.base_url) + "/"], capture_output=True, text=True, timeout=60).stdout
+            assert "candidate b-2.0 in shadow" in dom and "Dice vs production dark" in dom
 
         r = client.post("/api/model/promote")
         assert r.status_code == 200 and r.json() == {"done": "promote", "production": "b-2.0", "previous": "a-1.0"}

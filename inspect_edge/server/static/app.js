@@ -105,5 +105,15 @@ async function poll(url, render, every) {
 }
 
 startStream();
+// A candidate model shadowed beside production (POST /api/model): its version and agreement.
+function renderCandidate(m) {
+  const sh = m.shadow;
+  $("candidate").textContent = !m.candidate ? "" :
+    "candidate " + m.candidate + " in shadow" + (sh ? " · " + int(sh.frames) + " frames · Dice vs production " +
+    Object.entries(sh.dice_vs_production).map(([c, d]) => c + " " + d.toFixed(3)).join(", ") +
+    " · defects " + (sh.defect_count_diff >= 0 ? "+" : "") + sh.defect_count_diff : "");
+}
+
 poll("/api/stats", renderStats, 1000);
+poll("/api/model", renderCandidate, 3000);
 poll("/api/defects?limit=15", renderRecent, 2000);
