@@ -173,14 +173,15 @@ def config_check(file: Path = typer.Argument(..., help="YAML config file.")) -> 
     """List every problem in FILE with its key (status 2 if any), else print the resolved config."""
     import json
 
-    from inspect_edge.config_file import build_config, check_file
+    from inspect_edge.config_file import ConfigFileError, build_config
 
-    problems = check_file(file)
-    for p in problems:
-        typer.echo(f"{file}: {p}", err=True)
-    if problems:
-        raise typer.Exit(2)
-    typer.echo(json.dumps(build_config(file, environ={}).model_dump(mode="json"), indent=2))
+    try:
+        cfg = build_config(file, environ={})
+    except ConfigFileError as e:
+        for p in e.problems:
+            typer.echo(f"{file}: {p}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
     typer.echo(f"{file}: ok", err=True)
 
 
@@ -219,17 +220,15 @@ def review_export(
         model_path = json.loads(cfg_path.read_text())["model"]["path"]
     except (OSError, KeyError, json.JSONDecodeError) as e:
         _fail(f"{cfg_path}: cannot read the run's config ({e})")
+    from inspect_edge.backends.base import BackendError
+    from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend
     from inspect_edge.config import DEFAULT_MODEL
-    from inspect_edge.model_info import ModelInfo
 
     model = Path(model_path) if model_path else DEFAULT_MODEL
-    try:
-        import onnxruntime as ort
-
-        meta = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-        classes = ModelInfo.from_metadata_props(meta, str(model)).classes
-    except Exception as e:  # the run's model is the only record of its class order
-        _fail(f"{model}: cannot read the model's classes ({e})")
+    try:  # the run's model is the only record of its class order
+        classes = OnnxRuntimeBackend(model).info.classes
+    except BackendError as e:
+        _fail(f"cannot read the run's model classes: {e}")
     s = export_reviewed(run_dir, out, classes, fmt.value)
     typer.echo(f"{out}: {s.frames} reviewed frame(s) ({s.confirmed} confirmed, {s.rejected} rejected, "
                f"{s.reclassed} reclassed), {s.to_label} to label, {s.skipped} skipped (evidence gone)")

@@ -80,6 +80,7 @@ def build_config(path: Path | None, overrides: dict | None = None, environ=None)
 
 
 def check_file(path: Path) -> list[str]:
+    """Every problem in the file; [] when it is valid."""
     try:
         build_config(path, environ={})
     except ConfigFileError as e:
@@ -112,10 +113,7 @@ def _emit(model: BaseModel, lines: list[str], depth: int) -> None:
 
 
 def _scalar(value: Any) -> str:
-    if value is None:
+    if value is None or hasattr(value, "get_secret_value"):  # a secret's default is never written out
         return "null"
-    if hasattr(value, "get_secret_value"):
-        return "null"
-    if isinstance(value, Path):
-        return yaml.safe_dump(str(value), default_flow_style=True).strip().removesuffix("...").strip()
+    value = str(value) if isinstance(value, Path) else value
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

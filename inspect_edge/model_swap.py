@@ -100,9 +100,10 @@ class ModelSwap:
         if why:
             cand.close()
             raise SwapRefused(f"{path}: candidate refused: {why}")
-        self._val_dice = _validation_dice(info.source_run)
+        val_dice = _validation_dice(info.source_run)
         with self._lock:
             old, self.candidate, self.stats = self.candidate, (cand, pre), ShadowStats(info.classes)
+            self._val_dice = val_dice
         if old is not None:
             old[0].close()
         return {"candidate": info.model_version, "path": str(path), "shadow_every": self.shadow_every}
@@ -155,7 +156,7 @@ class ModelSwap:
         return new
 
     def shadow(self, seq: int, image: np.ndarray, prod_masks: np.ndarray, n_prod: int) -> None:
-        from inspect_edge.pipeline import infer_frame
+        from inspect_edge.pipeline import infer_tiles
 
         with self._lock:
             cand, stats = self.candidate, self.stats
@@ -163,7 +164,7 @@ class ModelSwap:
             return
         backend, pre = cand
         batch, plan = pre.to_batch(image)
-        masks, defects = analyse_logits(infer_frame(backend, pre, batch, plan), backend.info)
+        masks, defects = analyse_logits(pre.stitch(infer_tiles(backend, batch), plan), backend.info)
         with self._lock:
             if self.stats is not stats:
                 return

@@ -64,14 +64,14 @@ class PipelineCounts:
     strip_metres: float = 0.0          # strip inspected, when the line speed is configured
 
 
-def infer_frame(backend: Backend, pre: Preprocessor, batch: np.ndarray, plan) -> np.ndarray:
-    """(K, H, W) logits of one frame: all its tiles through the model, in chunks it accepts, stitched."""
+def infer_tiles(backend: Backend, batch: np.ndarray) -> np.ndarray:
+    """(tiles, K, h, w) logits of one frame's tiles, through the model together in chunks it accepts."""
     step = max(1, backend.max_batch)
     parts = [backend.infer(batch[i:i + step]) for i in range(0, len(batch), step)]
     logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
     if not np.isfinite(logits).all():
         raise ValueError(f"model output holds {np.count_nonzero(~np.isfinite(logits))} NaN or infinite values")
-    return pre.stitch(logits, plan)
+    return logits
 
 
 def check_backend(backend: Backend, pre: Preprocessor) -> str:
@@ -84,7 +84,7 @@ def check_backend(backend: Backend, pre: Preprocessor) -> str:
     image = np.tile(np.linspace(40, 200, w, dtype=np.uint8), (h, 1))
     try:
         batch, plan = pre.to_batch(image)
-        analyse_logits(infer_frame(backend, pre, batch, plan), backend.info)
+        analyse_logits(pre.stitch(infer_tiles(backend, batch), plan), backend.info)
     except Exception as e:
         return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
     return ""
@@ -149,12 +149,12 @@ class InspectionPipeline:
         try:
             backend = self.backend_factory()
         except Exception as e:  # any loader failure must reach /readyz, not kill silently
-            self.load_error = str(e) or type(e).__name__
-            log.error("model not loaded: %s", self.load_error)
+            self.load_error = f"model not loaded: {e or type(e).__name__}"
+            log.error("%s", self.load_error)
             return
         try:
             pre = Preprocessor(backend.info, self.fit, self.overlap)
-            refused = self._check_model(backend, pre)
+            refused = check_backend(backend, pre)
             if refused:
                 self.load_error = f"model refused: {refused}"
                 log.error("%s", self.load_error)
@@ -205,9 +205,6 @@ class InspectionPipeline:
             if self.swap is not None:
                 self.swap.close_all(keep=backend)
 
-    def _check_model(self, backend: Backend, pre: Preprocessor) -> str:
-        return check_backend(backend, pre)
-
     def _new_tracker(self) -> DefectTracker:
         t = self.tracking
         return DefectTracker(axis=t.axis_index, max_missed=t.max_missed, speed_px_per_frame=t.speed_px_per_frame,
@@ -218,9 +215,9 @@ class InspectionPipeline:
         t0 = time.perf_counter()
         batch, plan = pre.to_batch(frame.image)
         t1 = time.perf_counter()
-        full = infer_frame(backend, pre, batch, plan)
+        logits = infer_tiles(backend, batch)
         t2 = time.perf_counter()
-        masks, defects = analyse_logits(full, info, frame.capture_time)
+        masks, defects = analyse_logits(pre.stitch(logits, plan), info, frame.capture_time)
         defects = merge_fragments(defects, self.tracking.merge_gap_px, self.tracking.axis_index)
         update = self.tracker.update(frame.seq, frame.capture_time, defects, frame.image.shape)
         pixels = float(masks.shape[1] * masks.shape[2])

@@ -34,20 +34,39 @@ class ReviewError(ValueError):
     """A decision that cannot be recorded; the message says which field and why."""
 
 
-def read_events(run_dir: Path) -> dict[int, dict]:
-    """Physical-defect events of a run by defect id (lines that do not parse are skipped)."""
+class NoSuchDefect(ReviewError):
+    """The defect id is not in this run's events."""
+
+
+_by_id_cache: dict[Path, tuple[tuple[int, int], dict[int, dict]]] = {}
+
+
+def _records_by_id(path: Path) -> dict[int, dict]:
+    """A JSON-lines file's records by `defect_id`, the last one winning; lines that do not
+    parse are skipped. Kept while the file is unchanged: the review page asks for one
+    overlay per card, and a long run's events.jsonl need not be read for each."""
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    key = (st.st_size, st.st_mtime_ns)
+    cached = _by_id_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     out = {}
-    path = Path(run_dir) / "events.jsonl"
-    if not path.is_file():
-        return out
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
+            rec = json.loads(line)
+            out[int(rec["defect_id"])] = rec
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-        if isinstance(e, dict) and "defect_id" in e:
-            out[int(e["defect_id"])] = e
+    _by_id_cache[path] = (key, out)
     return out
+
+
+def read_events(run_dir: Path) -> dict[int, dict]:
+    """Physical-defect events of a run by defect id."""
+    return _records_by_id(Path(run_dir) / "events.jsonl")
 
 
 class ReviewLog:
@@ -56,22 +75,14 @@ class ReviewLog:
         self.path = self.run_dir / "reviews.jsonl"
 
     def decisions(self) -> dict[int, dict]:
-        out = {}
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    d = json.loads(line)
-                    out[int(d["defect_id"])] = d
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
-        return out
+        return _records_by_id(self.path)
 
     def record(self, defect_id: int, decision: str, new_class: str | None = None, reviewer: str | None = None) -> dict:
         if decision not in DECISIONS:
             raise ReviewError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
         event = read_events(self.run_dir).get(int(defect_id))
         if event is None:
-            raise ReviewError(f"defect_id: no defect {defect_id} in this run's events.jsonl")
+            raise NoSuchDefect(f"defect_id: no defect {defect_id} in this run's events.jsonl")
         if decision == "reclass":
             if new_class not in self.classes:
                 raise ReviewError(f"class: expected one of {', '.join(self.classes)}, got {new_class!r}")

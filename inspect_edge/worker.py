@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# States a supervised thread can be in; "failed" and "died" make /healthz 503.
-THREAD_STATES = ("new", "running", "restarting", "finished", "stopped", "failed", "died")
+# A supervised thread is new, running, restarting, finished, stopped, failed or died;
+# the last two make /healthz 503.
 UNHEALTHY = ("failed", "died")
 
 

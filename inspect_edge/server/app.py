@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from inspect_edge import __version__
 from inspect_edge.config import ServiceConfig
 from inspect_edge.model_swap import SwapRefused
-from inspect_edge.review import ReviewError, ReviewLog, read_events
+from inspect_edge.review import NoSuchDefect, ReviewError, ReviewLog, read_events
 from inspect_edge.server.auth import TokenGate
 from inspect_edge.server.service import InspectionService
 
@@ -139,8 +139,7 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
         try:
             rec = review_log().record(body.defect_id, body.decision, body.new_class, body.reviewer)
         except ReviewError as e:
-            status = 404 if str(e).startswith("defect_id") else 400
-            raise HTTPException(status, str(e)) from None
+            raise HTTPException(404 if isinstance(e, NoSuchDefect) else 400, str(e)) from None
         return JSONResponse(rec)
 
     @app.get("/api/review/{defect_id}/overlay.jpg")

@@ -120,9 +120,8 @@ class InspectionService:
 
     # ---- what the endpoints report -----------------------------------------
     def readiness(self) -> tuple[bool, str]:
-        if self.pipeline.load_error:
-            err = self.pipeline.load_error
-            return False, err if err.startswith("model refused") else f"model not loaded: {err}"
+        if self.pipeline.load_error:  # "model not loaded: ..." or "model refused: ..."
+            return False, self.pipeline.load_error
         if not self.pipeline.ready.is_set():
             return False, "model loading"
         cap = self.capture.counts()
