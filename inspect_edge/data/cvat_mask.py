@@ -26,7 +26,7 @@ from inspect_edge.data.dataset import (
     ProblemLog,
     Sample,
     SteelDataset,
-    read_image_size,
+    image_size_or_report,
 )
 
 # Pascal VOC's first colours: what CVAT assigns when labels have none.
@@ -101,10 +101,8 @@ def read_cvat_mask(root: Path, *, strict: bool = False) -> SteelDataset:
             if not mask_path.is_file():
                 log.add(mask_path, None, "no mask for this image; skipped")
                 continue
-            try:
-                shape = read_image_size(image_path)
-            except (OSError, ValueError) as e:
-                log.add(image_path, None, f"unreadable image: {e}; skipped")
+            shape = image_size_or_report(image_path, log)
+            if shape is None:
                 continue
             raw = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
             if raw is None:

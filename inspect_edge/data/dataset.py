@@ -116,6 +116,15 @@ def read_image_size(path: Path) -> tuple[int, int]:
     return int(img.shape[0]), int(img.shape[1])
 
 
+def image_size_or_report(path: Path, log: ProblemLog) -> tuple[int, int] | None:
+    """`read_image_size`, or None after recording why the image is skipped."""
+    try:
+        return read_image_size(path)
+    except (OSError, ValueError) as e:
+        log.add(path, None, f"unreadable image: {e}; skipped")
+        return None
+
+
 def _jpeg_size(f) -> tuple[int, int]:
     # Walk the marker segments until a start-of-frame (SOF0..SOF15 minus DHT/JPG/DAC).
     while True:
@@ -289,12 +298,16 @@ def open_dataset(path: str | Path, *, strict: bool = False, split: str | None = 
             "images/ + masks/ + classes.txt (mask folder) or labelmap.txt + SegmentationClass/ "
             "(CVAT Segmentation mask 1.1)"
         )
-    if split is not None:
-        try:
-            ds = ds.split(split)
-        except KeyError as e:
-            raise DataError(e.args[0]) from None
-    return ds
+    return _take_split(ds, split)
+
+
+def _take_split(ds: SteelDataset, split: str | None) -> SteelDataset:
+    if split is None:
+        return ds
+    try:
+        return ds.split(split)
+    except KeyError as e:
+        raise DataError(e.args[0]) from None
 
 
 def open_datasets(paths, *, strict: bool = False, split: str | None = None) -> SteelDataset:
@@ -331,12 +344,7 @@ def open_datasets(paths, *, strict: bool = False, split: str | None = None) -> S
     splits = tuple(dict.fromkeys(s for ds in parts for s in ds.split_names))
     merged = SteelDataset(paths[0], "+".join(dict.fromkeys(ds.format for ds in parts)), first.classes, items,
                           problems, decode, splits)
-    if split is not None:
-        try:
-            merged = merged.split(split)
-        except KeyError as e:
-            raise DataError(e.args[0]) from None
-    return merged
+    return _take_split(merged, split)
 
 
 def read_classes_txt(path: Path) -> tuple[str, ...]:

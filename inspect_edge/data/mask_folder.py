@@ -21,7 +21,7 @@ from inspect_edge.data.dataset import (
     Sample,
     SteelDataset,
     read_classes_txt,
-    read_image_size,
+    image_size_or_report,
     write_classes_txt,
 )
 
@@ -80,10 +80,8 @@ def read_mask_folder(root: Path, *, strict: bool = False, split: str | None = No
             if mask_path is None:
                 log.add(image_path, None, f"no mask {mask_dir / (stem + '.png')}; skipped")
                 continue
-            try:
-                shape = read_image_size(image_path)
-            except (OSError, ValueError) as e:
-                log.add(image_path, None, f"unreadable image: {e}; skipped")
+            shape = image_size_or_report(image_path, log)
+            if shape is None:
                 continue
             try:
                 m = _read_index_mask(mask_path)

@@ -28,7 +28,7 @@ from inspect_edge.data.dataset import (
     Sample,
     SteelDataset,
     read_classes_txt,
-    read_image_size,
+    image_size_or_report,
     write_classes_txt,
 )
 from inspect_edge.data.rle import RLEError, parse_rle, rle_decode, rle_encode
@@ -143,10 +143,8 @@ def read_severstal(root: Path, *, strict: bool = False) -> SteelDataset:
             # The original form lists every image with 4 rows; a missing image is unlabelled.
             log.add(path, None, "image has no rows in train.csv (original form lists every image); skipped")
             continue
-        try:
-            shape = read_image_size(path)
-        except (OSError, ValueError) as e:
-            log.add(path, None, f"unreadable image: {e}; skipped")
+        shape = image_size_or_report(path, log)
+        if shape is None:
             continue
         rles: list[str] = [""] * k
         pixels = np.zeros(k, np.int64)
