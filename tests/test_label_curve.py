@@ -127,3 +127,23 @@ def test_decision_rule_on_chosen_numbers(gain, spread, expect):
 def test_no_gain_means_no_best_method():
     cells = [_cell(f, arm, s, 0.7, 0.7, 0.9) for f in (0.05, 0.1) for arm in ("real", "gan") for s in (0, 1)]
     assert best_method(aggregate(cells))[0] == "none"
+
+
+def test_pretrain_arm_fits_synthetic_alone_then_fine_tunes_on_real(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n_train=16, n_val=4)
+    out = tmp_path / "study"
+    tiny = [a if a != "real,copy-paste,gan-blend" else "real,copy-paste-pretrain" for a in TINY]
+    tiny[tiny.index("--fractions") + 1], tiny[tiny.index("--seeds") + 1] = "0.5", "0"
+    r = CliRunner().invoke(app, ["label-curve", "--data", str(data), "--out", str(out), *tiny, "--pretrain-steps", "3"])
+    assert r.exit_code == 0, r.output
+    cell = json.loads((out / "cells" / "f0.500" / "copy-paste-pretrain" / "seed0.json").read_text())
+    assert cell["schedule"] == "pretrain-finetune" and cell["synthetic_share_of_batch"] == 0.0
+    assert 0 < cell["pretrain_seconds"] < cell["train_seconds"]
+    run = out / "runs" / "f0.500" / "copy-paste-pretrain" / "seed0"
+    pre_split = json.loads((run / "pretrain" / "split.json").read_text())
+    # Pre-training sees synthetic pairs only and calibrates on the same held-out images as the fine-tune.
+    assert pre_split["train_ids"] and all(i.startswith("copy-paste/") for i in pre_split["train_ids"])
+    fine = json.loads((run / "config.json").read_text())
+    assert fine["init_weights"] == str(run / "pretrain") and fine["synthetic_per_batch"] == 0
+    assert sorted(i.split("/", 1)[1] for i in pre_split["val_ids"]) == sorted(json.loads((run / "split.json").read_text())["val_ids"])
+    assert cell["real_steps"] == json.loads((out / "cells" / "f0.500" / "real" / "seed0.json").read_text())["real_steps"]

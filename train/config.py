@@ -36,6 +36,7 @@ class FitConfig:
     seed: int = 0
     workers: int = 0
     resume: str | None = None
+    init_weights: str | None = None  # a run or checkpoint whose weights start this fit (new optimiser and schedule): fine-tuning
     split: str | None = None  # training split name; None: "train" if present, else everything
     val_split: str = "val"  # used when the data set has it; else a seeded fraction
     val_fraction: float = 0.2
@@ -64,6 +65,7 @@ class FitConfig:
             (self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
             (self.synthetic_per_batch >= 0, f"synthetic_per_batch must be >= 0, got {self.synthetic_per_batch}"),
             (not (self.synthetic_per_batch and not self.synthetic_data), "synthetic_per_batch needs synthetic_data"),
+            (not (self.resume and self.init_weights), "resume and init_weights exclude each other: resume continues a run, init_weights starts a new one"),
         ]
         for ok, message in checks:
             if not ok:

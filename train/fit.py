@@ -143,6 +143,19 @@ class TrainState:
                  "total": cfg.epochs * steps_per_epoch, "planned_epochs": cfg.epochs}
         return cls(model, opt, sched)
 
+    def load_weights(self, cfg: FitConfig, data: FitData, d: Dist) -> None:
+        """Start from another run's weights (pre-train then fine-tune); optimiser and schedule stay new."""
+        wpath = Path(cfg.init_weights)
+        wpath = wpath / "last.pt" if wpath.is_dir() else wpath
+        ck = read_checkpoint(wpath)
+        source = model_from_checkpoint(ck, str(wpath))
+        theirs, ours = ck["model_config"], data.model_cfg.to_dict()
+        if theirs != ours:
+            raise ValueError(f"{wpath}: its model {theirs} differs from this fit's {ours}; init_weights needs the same architecture")
+        self.model.load_state_dict(source.state_dict())
+        if d.main:
+            log.info("weights initialised from %s", wpath)
+
     def resume(self, cfg: FitConfig, out: Path, d: Dist, steps_per_epoch: int) -> None:
         rpath = Path(cfg.resume)
         rpath = rpath / "last.pt" if rpath.is_dir() else rpath
@@ -298,6 +311,8 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
                  cfg.batch_size)
     if cfg.resume:
         state.resume(cfg, out, d, steps_per_epoch)
+    elif cfg.init_weights:
+        state.load_weights(cfg, data, d)
 
     net = state.model
     if d.world > 1:

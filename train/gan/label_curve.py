@@ -29,8 +29,25 @@ from pathlib import Path
 
 import numpy as np
 
-ARMS = ("real", "copy-paste", "gan", "gan-blend")
-ARM_TITLES = {"real": "real only", "copy-paste": "real + copy-paste", "gan": "real + GAN", "gan-blend": "real + GAN-blend (hybrid)"}
+PRETRAIN = "-pretrain"  # arm suffix: pre-train on the synthetic pairs alone, then fine-tune on the real ones
+ARMS = ("real", "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN)
+_METHOD_TITLES = {"copy-paste": "copy-paste", "gan": "GAN", "gan-blend": "GAN-blend (hybrid)"}
+ARM_TITLES = {"real": "real only",
+              **{m: f"real + {t}" for m, t in _METHOD_TITLES.items()},
+              **{m + PRETRAIN: f"{t} pre-train, real fine-tune" for m, t in _METHOD_TITLES.items()}}
+
+
+def arm_method(arm: str) -> str | None:
+    """The painter an arm's synthetic pairs come from; None for real-only."""
+    return None if arm == "real" else arm.removesuffix(PRETRAIN)
+
+
+def arm_schedule(arm: str) -> str:
+    return "pretrain-finetune" if arm.endswith(PRETRAIN) else "mix"
+
+
+def is_gan_based(arm: str) -> bool:
+    return arm_method(arm) in ("gan", "gan-blend")
 CEILING = 1.0
 log = logging.getLogger("train.label_curve")
 
@@ -49,6 +66,7 @@ class StudyConfig:
     ceiling_epochs: int = 3
     batch_size: int = 8
     synthetic_per_batch: int = 4  # on top of batch_size real crops: 1/3 of each batch is synthetic
+    pretrain_steps: int = 400  # -pretrain arms: steps of batch_size synthetic crops before the real fine-tune
     count: int = 300  # synthetic pairs per fraction (per painter)
     max_defects_per_image: int = 2
     crop_height: int = 176
@@ -74,8 +92,8 @@ class StudyConfig:
             raise ValueError("arms must include 'real': every difference is paired against it")
         if not self.fractions or any(not 0.0 < f < 1.0 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1), got {list(self.fractions)}")
-        if len(self.seeds) < 1 or self.real_steps < 1 or self.synthetic_per_batch < 1:
-            raise ValueError("need at least one seed, real_steps >= 1 and synthetic_per_batch >= 1")
+        if len(self.seeds) < 1 or self.real_steps < 1 or self.synthetic_per_batch < 1 or self.pretrain_steps < 1:
+            raise ValueError("need at least one seed, real_steps >= 1, synthetic_per_batch >= 1 and pretrain_steps >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +146,15 @@ class Study:
             build_arm_folder(folder, None, self.held_ds, [], self.classes)
         return folder
 
+    def calibration_folder(self) -> Path:
+        """Only the held-out images the fits calibrate on: the validation half of a pre-training data set."""
+        from train.gan.augment_and_fit import build_arm_folder
+
+        folder = self.out / "data" / "fit-val"
+        if not (folder / "classes.txt").is_file():
+            build_arm_folder(folder, None, self.fit_val, [], self.classes)
+        return folder
+
     def real_folder(self, f: float) -> Path:
         from train.gan.augment_and_fit import build_arm_folder
 
@@ -176,6 +203,21 @@ class Study:
         steps_per_epoch = max(1, len(self.subsets[f]) // self.cfg.batch_size)
         return max(1, math.ceil(self.cfg.real_steps / steps_per_epoch))
 
+    def pretrain(self, f: float, arm: str, seed: int, run: Path) -> tuple[Path, float]:
+        """Fit on the synthetic pairs alone (calibrated on the same held-out images); returns the
+        run and its training seconds. As many synthetic crops as a mixed arm sees in all."""
+        from train.config import FitConfig
+        from train.fit import fit
+
+        c = self.cfg
+        epochs = max(1, math.ceil(c.pretrain_steps / max(1, c.count // c.batch_size)))
+        fm = fit(FitConfig(
+            data=[str(self.synthetic_folder(f, arm_method(arm))), str(self.calibration_folder())], out=str(run), size=c.size,
+            epochs=epochs, batch_size=c.batch_size, crop_height=c.crop_height, crop_width=c.crop_width, lr=c.lr, seed=seed,
+            threads=c.threads, device=c.device, defect_crop_prob=c.defect_crop_prob, val_every=epochs,
+        ), progress=False)
+        return run, float(fm["train_seconds"])
+
     def run_cell(self, f: float, arm: str, seed: int) -> dict:
         from train.config import FitConfig
         from train.evaluate import evaluate
@@ -183,24 +225,29 @@ class Study:
 
         c = self.cfg
         run = self.out / "runs" / fraction_tag(f) / arm / f"seed{seed}"
-        syn = None if arm == "real" else self.synthetic_folder(f, arm)
+        method, schedule = arm_method(arm), arm_schedule(arm)
+        mixed = method is not None and schedule == "mix"
+        syn = self.synthetic_folder(f, method) if mixed else None
+        init, pre_seconds = (None, 0.0)
+        if method is not None and schedule == "pretrain-finetune":
+            init, pre_seconds = self.pretrain(f, arm, seed, run / "pretrain")
         epochs = self.epochs(f)
         fm = fit(FitConfig(
             data=str(self.real_folder(f)), out=str(run), size=c.size, epochs=epochs, batch_size=c.batch_size,
             crop_height=c.crop_height, crop_width=c.crop_width, lr=c.lr, seed=seed, threads=c.threads, device=c.device,
-            defect_crop_prob=c.defect_crop_prob, val_every=epochs,
+            defect_crop_prob=c.defect_crop_prob, val_every=epochs, init_weights=str(init) if init else None,
             synthetic_data=str(syn) if syn else None, synthetic_per_batch=c.synthetic_per_batch if syn else 0,
         ), progress=False)
         ev = evaluate(run, self.eval_folder(), "val", out=run, timing_images=1)
         keys = ("competition_dice", "per_class_dice", "per_class_dice_present", "mean_dice_present", "per_class_iou",
                 "mean_iou", "background_iou", "miou_incl_background", "per_class_dice_pixels", "n_images")
         return {
-            "fraction": f, "arm": arm, "seed": seed, "real_images": len(self.subsets[f]),
-            "synthetic_images": 0 if syn is None else self.cfg.count, "epochs": epochs,
+            "fraction": f, "arm": arm, "seed": seed, "schedule": schedule if method else "real",
+            "real_images": len(self.subsets[f]), "synthetic_images": 0 if method is None else self.cfg.count, "epochs": epochs,
             "real_steps": epochs * max(1, len(self.subsets[f]) // c.batch_size),
-            "synthetic_share_of_batch": 0.0 if syn is None else c.synthetic_per_batch / (c.batch_size + c.synthetic_per_batch),
-            "train_seconds": fm["train_seconds"], "run": str(run.relative_to(self.out)),
-            "metrics": {k: ev[k] for k in keys},
+            "synthetic_share_of_batch": c.synthetic_per_batch / (c.batch_size + c.synthetic_per_batch) if mixed else 0.0,
+            "pretrain_seconds": pre_seconds, "train_seconds": fm["train_seconds"] + pre_seconds,
+            "run": str(run.relative_to(self.out)), "metrics": {k: ev[k] for k in keys},
         }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from train.gan.label_curve import ARM_TITLES, CEILING, StudyConfig, fraction_tag, plan_cells
+from train.gan.label_curve import ARM_TITLES, CEILING, PRETRAIN, StudyConfig, arm_schedule, fraction_tag, is_gan_based, plan_cells
 
 HEADLINE = (("miou_incl_background", "mIoU incl. background"), ("mean_dice_present", "Dice on present images"),
             ("competition_dice", "competition Dice"))
@@ -67,10 +67,19 @@ def aggregate(cells: list[dict]) -> dict:
         }
         if arm != "real" and (f, "real") in by:
             entry["vs_real"] = {m: paired(seeds, by[(f, "real")], m) for m, _ in HEADLINE}
-        if arm in ("gan", "gan-blend") and (f, "copy-paste") in by:
-            entry["vs_copy_paste"] = {m: paired(seeds, by[(f, "copy-paste")], m) for m, _ in HEADLINE}
+        rival = copy_paste_rival(arm, {a for (g, a) in by if g == f})
+        if is_gan_based(arm) and rival:
+            entry["vs_copy_paste"] = {m: paired(seeds, by[(f, rival)], m) for m, _ in HEADLINE}
+            entry["copy_paste_arm"] = rival
         out[f"{fraction_tag(f)}/{arm}"] = entry
     return out
+
+
+def copy_paste_rival(arm: str, arms: set[str]) -> str | None:
+    """The copy-paste arm a GAN-based arm is judged against: the one with its schedule when
+    the study has it, else plain mixed copy-paste."""
+    same = "copy-paste" + (PRETRAIN if arm_schedule(arm) == "pretrain-finetune" else "")
+    return same if same in arms else ("copy-paste" if "copy-paste" in arms else None)
 
 
 def _beats(p: dict | None) -> bool:
@@ -93,8 +102,8 @@ def verdicts(agg: dict) -> dict:
         }
     goal = {}
     for f in TARGET_FRACTIONS:
-        arms = {a: res.get(f"{fraction_tag(f)}/{a}") for a in ("gan", "gan-blend")}
-        goal[f"{f:g}"] = any(v and all(v.values()) for v in arms.values())
+        arms = [v for k, v in res.items() if k.startswith(fraction_tag(f) + "/") and is_gan_based(k.split("/", 1)[1])]
+        goal[f"{f:g}"] = any(all(v.values()) for v in arms)
     return {"per_arm": res, "goal_met_at": goal, "goal_met": bool(goal) and all(goal.values())}
 
 
@@ -102,7 +111,7 @@ def best_method(agg: dict) -> tuple[str, str]:
     """(synthetic method with the highest mean paired mIoU gain over real-only across the
     target fractions, why); 'none' when no synthetic arm gains on average."""
     gains = {}
-    for a in ("copy-paste", "gan", "gan-blend"):
+    for a in [a for a in ARM_TITLES if a != "real"]:
         v = [agg[k]["vs_real"]["miou_incl_background"]["mean"] for k in agg if agg[k]["arm"] == a
              and agg[k]["fraction"] in TARGET_FRACTIONS and agg[k].get("vs_real")]
         if v:
@@ -280,7 +289,9 @@ def render_markdown(r: dict) -> str:
     lines = ["# Label-efficiency study: does synthesis make scarce labels go further?", "",
              f"Data `{cfg['data']}`, scored on its whole held-out split; seeds {cfg['seeds']}; {cfg['size']} segmenter, "
              f"{cfg['real_steps']} steps of {cfg['batch_size']} real crops per cell ({cfg['crop_height']}x{cfg['crop_width']}); "
-             f"synthetic arms add {cfg['synthetic_per_batch']} synthetic crops on top of each batch; "
+             f"mixed synthetic arms add {cfg['synthetic_per_batch']} synthetic crops on top of each batch; "
+             + (f"'pre-train' arms first fit {cfg.get('pretrain_steps', 400)} steps of {cfg['batch_size']} synthetic crops alone, "
+                "then the same real steps with no synthetic crops; " if any(a.endswith(PRETRAIN) for a in cfg["arms"]) else "") +
              f"{cfg['count']} synthetic pairs per fraction, the same masks and placements for every painter; "
              f"one GAN per fraction, {cfg['gan_minutes']:g} CPU minutes on that fraction's labels only.", "",
              f"Cells done: {r['cells_done']}" + (f"; missing: {', '.join(r['cells_missing'])}" if r["cells_missing"] else "; none missing."), "",
@@ -306,7 +317,7 @@ def render_markdown(r: dict) -> str:
         for e in rows:
             if e.get("vs_copy_paste"):
                 vc = e["vs_copy_paste"]
-                lines.append(f"- {ARM_TITLES[e['arm']]} vs copy-paste (paired): mIoU {_diff(vc['miou_incl_background'])}, "
+                lines.append(f"- {ARM_TITLES[e['arm']]} vs {ARM_TITLES[e.get('copy_paste_arm', 'copy-paste')]} (paired): mIoU {_diff(vc['miou_incl_background'])}, "
                              f"Dice present {_diff(vc['mean_dice_present'])}, competition {_diff(vc['competition_dice'])}")
         lines.append("")
     v = r["verdict"]
