@@ -294,3 +294,21 @@ def test_fit_merges_several_data_folders_of_any_format_and_refuses_other_classes
     write_mask_folder(other, make_rect_samples(4), ("dent", "crack"))
     with pytest.raises(DataError, match="different classes"):
         open_datasets([a, other])
+
+
+def test_init_weights_starts_from_another_run_and_refuses_another_architecture(tiny_run, tiny_data, tmp_path):
+    from train.checkpoint import read_checkpoint
+    from train.fit import fit
+
+    src, _ = tiny_run
+    # A rate too small to move the weights: what comes out is what went in.
+    fit(tiny_cfg(tiny_data, tmp_path / "ft", epochs=1, lr=1e-12, init_weights=str(src)), progress=False)
+    start, after = read_checkpoint(src / "last.pt")["state_dict"], read_checkpoint(tmp_path / "ft" / "last.pt")["state_dict"]
+    learnt = [k for k in start if "running_" not in k and "num_batches" not in k]  # batch-norm statistics move anyway
+    assert learnt and all(torch.allclose(start[k], after[k], atol=1e-6) for k in learnt)
+    fresh = fit(tiny_cfg(tiny_data, tmp_path / "fresh", epochs=1, lr=1e-12), progress=False)
+    assert fresh["history"][0]["train_loss"] != pytest.approx(read_checkpoint(tmp_path / "ft" / "last.pt")["history"][0]["train_loss"])
+    with pytest.raises(ValueError, match="same architecture"):
+        fit(tiny_cfg(tiny_data, tmp_path / "other", epochs=1, size="small", init_weights=str(src)), progress=False)
+    with pytest.raises(ValueError, match="exclude each other"):
+        tiny_cfg(tiny_data, tmp_path / "both", resume=str(src), init_weights=str(src))

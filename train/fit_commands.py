@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
         resume: Optional[Path] = typer.Option(None, "--resume", help="last.pt (or a run folder) to continue from."),
+        init_weights: Optional[Path] = typer.Option(None, "--init-weights", help="Start from this run's (or checkpoint's) weights with a new optimiser and schedule: fine-tuning."),
         split: Optional[str] = typer.Option(None, "--split", help="Training split (default: 'train' if present)."),
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Seeded hold-out when the data set has no 'val' split."),
         labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Fraction of training images kept (seeded)."),
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
             cfg = FitConfig(
                 data=str(data[0]) if len(data) == 1 else [str(d) for d in data], out=str(out), size=size, epochs=epochs, time_budget_min=time_budget_min,
                 batch_size=batch_size, crop_width=crop_width, crop_height=crop_height, lr=lr, seed=seed,
-                workers=workers, resume=str(resume) if resume else None, split=split, val_fraction=val_fraction,
+                workers=workers, resume=str(resume) if resume else None, init_weights=str(init_weights) if init_weights else None, split=split, val_fraction=val_fraction,
                 labelled_fraction=labelled_fraction, device=device, threads=threads, defect_crop_prob=defect_crop_prob,
             )
             from train.model import SIZES
