@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default_model.onnx"
 
@@ -30,6 +30,23 @@ class SourceConfig(_Strict):
     read_timeout_s: float = Field(5.0, gt=0)
     reconnect_initial_s: float = Field(0.5, gt=0, description="first wait before reopening a lost source")
     reconnect_max_s: float = Field(10.0, gt=0, description="the wait doubles up to this")
+
+
+CAMERA_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"  # used in metric labels, URLs and evidence folder names
+DEFAULT_CAMERA = "main"  # the camera of a one-source config (`source:` or `--camera`)
+
+
+class CameraConfig(SourceConfig):
+    """One camera of a line: its own source, frame rate, reconnect settings and region of interest."""
+
+    name: str = Field(..., pattern=CAMERA_NAME, description="unique; the `camera` label of every per-camera metric")
+    roi: tuple[int, int, int, int] | None = Field(None, description="x, y, width, height in the camera's frame: only this region is inspected")
+
+    @model_validator(mode="after")
+    def _roi_has_area(self) -> CameraConfig:
+        if self.roi is not None and (min(self.roi[:2]) < 0 or min(self.roi[2:]) < 1):
+            raise ValueError(f"roi {list(self.roi)}: x and y must be >= 0, width and height >= 1")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -90,13 +107,29 @@ class ServerConfig(_Strict):
 
 
 class ServiceConfig(_Strict):
-    source: SourceConfig = SourceConfig()
+    source: SourceConfig = Field(SourceConfig(), description="the one camera of a one-camera service (use `cameras` for several)")
+    cameras: list[CameraConfig] = Field([], description="several cameras served by one model; replaces `source`")
     model: ModelConfig = ModelConfig()
     events: EventsConfig = EventsConfig()
     tracking: TrackingConfig = TrackingConfig()
     server: ServerConfig = ServerConfig()
     out: Path | None = Field(None, description="run folder; default runs/service/<UTC timestamp>")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _one_way_to_name_sources(self) -> ServiceConfig:
+        if self.cameras:
+            if self.source != SourceConfig():
+                raise ValueError("give either `source` (one camera) or `cameras` (several), not both")
+            names = [c.name for c in self.cameras]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"camera names must be unique; repeated: {', '.join(twice)}")
+        return self
+
+    def camera_list(self) -> list[CameraConfig]:
+        """The cameras to serve: `cameras`, or the one `source` named 'main'."""
+        return list(self.cameras) or [CameraConfig(name=DEFAULT_CAMERA, **self.source.model_dump())]
 
     def run_dir(self) -> Path:
         if self.out is not None:

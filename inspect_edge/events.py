@@ -1,8 +1,8 @@
 """Defect events: a JSON-lines log, evidence on disk, an optional webhook.
 
 One event per physical defect (a track of `inspect_edge.tracking`), written when
-it leaves the view, with its first and last frame, length along the strip and
-peak score; its evidence is the frame where it scored highest. Called from the
+it leaves the view, with its camera, first and last frame, length along the strip
+and peak score; its evidence is the frame where it scored highest. Called from the
 inference thread for every processed frame, so it must be cheap and must never
 raise. Evidence images and webhook calls go to a worker
 thread through a bounded queue; the log line of an event with evidence is
@@ -147,9 +147,9 @@ class EventRecorder:
     def __init__(self, run_dir: Path, cfg: EventsConfig, tracking: TrackingConfig | None = None) -> None:
         self.cfg = cfg
         self.tracking = tracking or TrackingConfig()
-        self._open: dict[int, Track] = {}                          # physical defects still in view
+        self._open: dict[int, tuple[str, Track]] = {}              # physical defects still in view, with their camera
         self._peaks: dict[int, tuple[FrameResult, float]] = {}     # their frame of highest score so far
-        self._speed = 0.0
+        self._speed: dict[str, float] = {}                         # per camera: the tracker's strip speed
         self.log_path = Path(run_dir) / "events.jsonl"
         try:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -159,6 +159,7 @@ class EventRecorder:
         self._jobs: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
         self._lock = threading.Lock()
         self._events = 0
+        self._by_camera: dict[str, int] = {}
         self._log_errors = 0
         self._evidence = {o: 0 for o in EVIDENCE_OUTCOMES}
         self._webhook = {o: 0 for o in WEBHOOK_OUTCOMES}
@@ -192,40 +193,42 @@ class EventRecorder:
         with self._lock:
             evidence = dict(self._evidence)
             evidence["evicted"] = self.store.evicted
-            return {"events": self._events, "log_errors": self._log_errors, "evidence": evidence,
+            return {"events": self._events, "by_camera": dict(self._by_camera), "log_errors": self._log_errors, "evidence": evidence,
                     "webhook": dict(self._webhook), "evidence_bytes": self.store.total_bytes}
 
     # ---- inference thread: cheap, never raises -----------------------------
     def __call__(self, result: FrameResult) -> None:
         """One event per physical defect, written when its track closes, with the frame of its peak."""
-        self._speed = result.strip_speed_px
+        self._speed[result.camera] = result.strip_speed_px
         for d, track_id in zip(result.defects, result.track_ids):
             held = self._peaks.get(track_id)
             if held is None or d.peak_prob > held[1]:
                 self._peaks[track_id] = (result, d.peak_prob)
         for t in result.started:
-            self._open[t.id] = t
+            self._open[t.id] = (result.camera, t)
         for t in result.closed:
-            self._emit(t)
+            self._emit(result.camera, t)
 
     def close_open(self) -> None:
         """Defects still in view when the service stops: logged too, marked as such."""
-        for t in list(self._open.values()):
-            self._emit(t, at_stop=True)
+        for camera, t in list(self._open.values()):
+            self._emit(camera, t, at_stop=True)
 
-    def _emit(self, track: Track, at_stop: bool = False) -> None:
+    def _emit(self, camera: str, track: Track, at_stop: bool = False) -> None:
         self._open.pop(track.id, None)
         held = self._peaks.pop(track.id, None)
         result = held[0] if held else None
         now = time.monotonic()
         stamp = datetime.fromtimestamp(track.first_time, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3]
-        name = f"{stamp}Z-d{track.id:08d}"
-        event = {**track.to_event(self._speed, self.tracking.mm_per_px), "iso_time": iso(track.first_time),
+        name = f"{stamp}Z-d{track.id:08d}-{camera}"
+        event = {**track.to_event(self._speed.get(camera, 0.0), self.tracking.mm_per_px), "camera": camera,
+                 "iso_time": iso(track.first_time),
                  "model_version": result.model_version if result is not None else None, "evidence": None}
         if at_stop:
             event["open_at_stop"] = True
         with self._lock:
             self._events += 1
+            self._by_camera[camera] = self._by_camera.get(camera, 0) + 1
             want_evidence = self.cfg.evidence and now - self._last_evidence >= self.cfg.evidence_min_interval_s
             if self.cfg.evidence and not want_evidence:
                 self._evidence["rate_limited"] += 1

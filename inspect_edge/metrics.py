@@ -5,7 +5,10 @@ apps in one process. Counters that /api/stats also shows (frames, drops,
 defects, reconnects) are read at scrape time from the same counts the capture
 thread and the pipeline keep, so the two endpoints cannot disagree. Latencies
 are histograms in seconds with buckets from 1 ms to 5 s. Labels come only from
-small fixed sets: drop reasons, stage names, the model's class names, outcomes.
+small fixed sets: camera names (from the config), drop reasons, stage names, the
+model's class names, outcomes. Everything that belongs to one camera carries its
+`camera` label; what belongs to the whole process (the model, worker threads,
+the evidence store, the webhook, hot swaps) does not.
 """
 
 from __future__ import annotations
@@ -24,29 +27,41 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class _StateCollector:
     """Counters and gauges read from the live objects at scrape time."""
 
-    def __init__(self, capture, pipeline, events, threads=None, swap=None) -> None:
-        self.capture, self.pipeline, self.events, self.threads, self.swap = capture, pipeline, events, threads, swap
+    def __init__(self, cameras, pipeline, events, threads=None, swap=None) -> None:
+        self.cameras, self.pipeline, self.events, self.threads, self.swap = cameras, pipeline, events, threads, swap
 
     def describe(self):
         return []  # families are built per scrape; nothing to pre-register
 
     def collect(self):
-        cap = self.capture.counts()
-        pipe = self.pipeline.counts()
         p = PREFIX
-        yield CounterMetricFamily(f"{p}_frames_captured", "Frames read from the source.", value=cap.captured)
-        yield CounterMetricFamily(f"{p}_frames_processed", "Frames that went through the model.",
-                                  value=pipe.processed)
+        captured = CounterMetricFamily(f"{p}_frames_captured", "Frames read from the camera.", labels=["camera"])
+        processed = CounterMetricFamily(f"{p}_frames_processed", "Frames that went through the model.", labels=["camera"])
         dropped = CounterMetricFamily(f"{p}_frames_dropped", "Captured frames not processed, by reason.",
-                                      labels=["reason"])
-        for reason in DROP_REASONS:
-            n = cap.dropped.get(reason, 0) + (pipe.errors if reason == "error" else 0)
-            dropped.add_metric([reason], n)
-        yield dropped
-        yield GaugeMetricFamily(f"{p}_camera_up", "1 while the source delivers, 0 while it is lost or ended.",
-                                value=1 if cap.up else 0)
-        yield CounterMetricFamily(f"{p}_camera_reconnects", "Successful reconnections after a lost source.",
-                                  value=cap.reconnects)
+                                      labels=["camera", "reason"])
+        up = GaugeMetricFamily(f"{p}_camera_up", "1 while the camera delivers, 0 while it is lost or ended.", labels=["camera"])
+        reconnects = CounterMetricFamily(f"{p}_camera_reconnects", "Successful reconnections after a lost camera.",
+                                         labels=["camera"])
+        defects = CounterMetricFamily(f"{p}_defects", "Physical defects found, by class (one per defect, however many frames see it).",
+                                      labels=["camera", "class"])
+        detections = CounterMetricFamily(f"{p}_defect_detections", "Defects seen per frame, by class (one defect in ten frames counts ten).",
+                                         labels=["camera", "class"])
+        metres = CounterMetricFamily(f"{p}_strip_metres", "Metres of strip inspected (line speed x time with frames); "
+                                     "defects per metre = rate(defects_total) / rate(strip_metres_total).", labels=["camera"])
+        for name, capture in self.cameras.items():
+            cap, pipe = capture.counts(), self.pipeline.counts(name)
+            captured.add_metric([name], cap.captured)
+            processed.add_metric([name], pipe.processed)
+            for reason in DROP_REASONS:
+                dropped.add_metric([name, reason], cap.dropped.get(reason, 0) + (pipe.errors if reason == "error" else 0))
+            up.add_metric([name], 1 if cap.up else 0)
+            reconnects.add_metric([name], cap.reconnects)
+            for cls, n in pipe.defects.items():
+                defects.add_metric([name, cls], n)
+            for cls, n in pipe.detections.items():
+                detections.add_metric([name, cls], n)
+            metres.add_metric([name], pipe.strip_metres)
+        yield from (captured, processed, dropped, up, reconnects)
         yield GaugeMetricFamily(f"{p}_model_loaded", "1 once the model is loaded and warmed up.",
                                 value=1 if self.pipeline.ready.is_set() else 0)
         if self.threads is not None:
@@ -75,24 +90,15 @@ class _StateCollector:
                 yield dice
                 yield GaugeMetricFamily(f"{p}_shadow_defect_count_diff", "Candidate minus production defects, summed over shadowed frames.",
                                         value=shadow["defect_count_diff"])
-        defects = CounterMetricFamily(f"{p}_defects", "Physical defects found, by class (one per defect, however many frames see it).",
-                                      labels=["class"])
-        for name, n in pipe.defects.items():
-            defects.add_metric([name], n)
-        yield defects
-        detections = CounterMetricFamily(f"{p}_defect_detections", "Defects seen per frame, by class (one defect in ten frames counts ten).",
-                                         labels=["class"])
-        for name, n in pipe.detections.items():
-            detections.add_metric([name], n)
-        yield detections
+        yield from (defects, detections)
         if self.pipeline.tracking.strip_speed_m_s:
-            yield CounterMetricFamily(f"{p}_strip_metres", "Metres of strip inspected (line speed x time with frames); "
-                                      "defects per metre = rate(defects_total) / rate(strip_metres_total).",
-                                      value=pipe.strip_metres)
+            yield metres
         if self.events is not None:
             ev = self.events.counts()
-            yield CounterMetricFamily(f"{p}_events", "Physical defects written to the event log.",
-                                      value=ev["events"])
+            events = CounterMetricFamily(f"{p}_events", "Physical defects written to the event log.", labels=["camera"])
+            for name in self.cameras:
+                events.add_metric([name], ev["by_camera"].get(name, 0))
+            yield events
             yield CounterMetricFamily(f"{p}_event_log_errors", "Events that could not be written to events.jsonl (full or read-only disk).",
                                       value=ev["log_errors"])
             evidence = CounterMetricFamily(f"{p}_evidence", "Evidence sets, by outcome.", labels=["outcome"])
@@ -112,28 +118,31 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         p = PREFIX
         self.latency = Histogram(f"{p}_capture_to_result_seconds",
-                                 "Time from frame capture to its defects being known.",
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.stage = Histogram(f"{p}_stage_duration_seconds", "Time per frame in each pipeline stage.",
-                               ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        for s in STAGES:
-            self.stage.labels(s)
+                                 "Time from frame capture to its defects being known (the frame's age then).",
+                                 ["camera"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.stage = Histogram(f"{p}_stage_duration_seconds", "Time per frame in each pipeline stage "
+                               "(inference: the frame's share of its batch, by tiles).",
+                               ["camera", "stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.model = Info(f"{p}_model", "The model being served.", registry=self.registry)
-        self._area_values: dict[str, float] = {}
+        self._area_values: dict[str, dict[str, float]] = {}
 
-    def bind(self, capture, pipeline, events=None, threads=None, swap=None) -> None:
-        """`threads`: a callable giving {name: SupervisedThread}, read at every scrape."""
-        self.registry.register(_StateCollector(capture, pipeline, events, threads, swap))
+    def bind(self, cameras, pipeline, events=None, threads=None, swap=None) -> None:
+        """`cameras`: {name: LatestFrameCapture}; `threads`: a callable giving {name: SupervisedThread}, read at every scrape."""
+        for name in cameras:  # every series exists from the first scrape, at zero
+            self.latency.labels(name)
+            for s in STAGES:
+                self.stage.labels(name, s)
+        self.registry.register(_StateCollector(cameras, pipeline, events, threads, swap))
         self.registry.register(_AreaCollector(self))
 
     def set_model(self, model_version: str, backend: str, precision: str) -> None:
         self.model.info({"model_version": model_version, "backend": backend, "precision": precision})
 
     def observe(self, result: FrameResult, classes) -> None:
-        self.latency.observe(result.latency_s)
+        self.latency.labels(result.camera).observe(result.latency_s)
         for s in STAGES:
-            self.stage.labels(s).observe(result.stage_s[s])
-        self._area_values = dict(zip(classes, result.area_share))
+            self.stage.labels(result.camera, s).observe(result.stage_s[s])
+        self._area_values[result.camera] = dict(zip(classes, result.area_share))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -148,8 +157,9 @@ class _AreaCollector:
 
     def collect(self):
         g = GaugeMetricFamily(f"{PREFIX}_defect_area_ratio",
-                              "Share of the last processed frame's pixels flagged as each class.",
-                              labels=["class"])
-        for name, share in self.metrics._area_values.items():
-            g.add_metric([name], share)
+                              "Share of the camera's last processed frame's pixels flagged as each class.",
+                              labels=["camera", "class"])
+        for camera, shares in list(self.metrics._area_values.items()):
+            for name, share in shares.items():
+                g.add_metric([camera, name], share)
         yield g

@@ -14,7 +14,9 @@ peak score.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from inspect_edge.postprocess import Defect
@@ -118,14 +120,14 @@ class DefectTracker:
     """
 
     def __init__(self, *, axis: int = 0, max_missed: int = 5, speed_px_per_frame: float | None = None,
-                 max_shift_px: int = 200, tolerance_px: int = 24) -> None:
+                 max_shift_px: int = 200, tolerance_px: int = 24, ids: Iterator[int] | None = None) -> None:
         self.axis, self.max_missed = axis, max_missed
         self.fixed_speed = speed_px_per_frame
         self.speed = speed_px_per_frame or 0.0
         self._speed_known = speed_px_per_frame is not None
         self.max_shift_px, self.tolerance_px = max_shift_px, tolerance_px
         self.open: list[Track] = []
-        self._next_id = 1
+        self._ids = ids if ids is not None else itertools.count(1)  # shared by the cameras of one service: ids stay unique
         self._last_seq: int | None = None
         self._recent_shifts: deque[float] = deque(maxlen=64)
 
@@ -185,9 +187,8 @@ class DefectTracker:
         return closed
 
     def _start(self, seq, frame_time, d: Defect, frame_shape) -> Track:
-        t = Track(self._next_id, d.class_index, d.class_name, seq, frame_time, seq, frame_time, d.bbox,
+        t = Track(next(self._ids), d.class_index, d.class_name, seq, frame_time, seq, frame_time, d.bbox,
                   d.peak_prob, seq, d.bbox)
-        self._next_id += 1
         self._sighted(t, seq, d, frame_shape)
         self.open.append(t)
         return t

@@ -23,7 +23,7 @@ DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 
 # What Grafana would put in for its variables, for a Prometheus scraping every second.
-GRAFANA_VARIABLES = {"__rate_interval": "5s", "__interval": "1s", "__range": "1m", "instance": ".*"}
+GRAFANA_VARIABLES = {"__rate_interval": "5s", "__interval": "1s", "__range": "1m", "instance": ".*", "camera": ".*"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 _NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 

@@ -14,10 +14,16 @@ from inspect_edge.server.app import InspectionServer, create_app
 
 
 @contextlib.contextmanager
-def serving(tmp_path, spec: str, model_path, **sections):
-    cfg = {"source": {"spec": spec, "loop": True}, "model": {"path": str(model_path), "threads": 1}}
+def serving(tmp_path, spec: str | None, model_path, **sections):
+    """`spec` None: the config's `cameras` section (a list) names the sources instead."""
+    cfg = {"model": {"path": str(model_path), "threads": 1}}
+    if spec is not None:
+        cfg["source"] = {"spec": spec, "loop": True}
     for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
+        if isinstance(values, list):
+            cfg[name] = values
+        else:
+            cfg.setdefault(name, {}).update(values)
     app = create_app(ServiceConfig.model_validate(cfg), run_dir=tmp_path / "run")
     port = free_port()
     server = InspectionServer(app, "127.0.0.1", port)

@@ -147,3 +147,60 @@ def test_live_page_shows_video_and_updating_counters(served, browser):
     b, g, r = view[..., 0], view[..., 1], view[..., 2]
     orange = (r > 180) & (g > 110) & (g < 200) & (b < 70)
     assert orange.sum() > 20
+
+
+@pytest.fixture
+def served_cameras(tmp_path):
+    model = tmp_path / "dark.onnx"
+    build_dark_spot_model(model)
+    cams = [{"name": f"cam{k}", "spec": str(write_strip_video(tmp_path / f"s{k}.avi", 40, height=160, width=640, fps=8)),
+             "loop": True} for k in range(3)]
+    cams.append({"name": "dead", "spec": "http://127.0.0.1:9/none.mjpg", "reconnect_initial_s": 0.5,
+                 "open_timeout_s": 1})  # nothing listens on the discard port: this camera never delivers
+    cfg = ServiceConfig.model_validate({"cameras": cams, "model": {"path": str(model), "threads": 1}})
+    port = free_port()
+    server = InspectionServer(create_app(cfg, run_dir=tmp_path / "run"), "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(base + "/readyz").status_code == 200, 40, "service ready")
+    yield base
+    server.request_stop()
+    thread.join(8)
+    assert not thread.is_alive()
+
+
+READ_GRID = """({
+  tiles: [...document.querySelectorAll('#cameras .cam')].map(t => ({
+    name: t.dataset.camera, loaded: t.querySelector('img').naturalWidth, down: t.classList.contains('down'),
+    selected: t.classList.contains('sel'), why: t.querySelector('.cam-why').textContent})),
+  hidden: document.getElementById('cameras').hidden,
+  name: document.getElementById('camera-name').textContent,
+  stream: document.getElementById('stream').src,
+  status: document.getElementById('status').textContent,
+})"""
+
+
+def test_live_page_shows_every_camera_and_a_click_selects_one(served_cameras, browser):
+    browser.call("Page.enable")
+    browser.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
+    browser.call("Page.navigate", url=served_cameras + "/")
+
+    def grid_shown():
+        v = browser.eval(READ_GRID)
+        live = [t for t in (v or {}).get("tiles", []) if not t["down"]]
+        return v if v and len(v["tiles"]) == 4 and len(live) == 3 and all(t["loaded"] for t in live) else None
+
+    v = wait_until(grid_shown, 20, "four camera tiles, three with pictures")
+    assert not v["hidden"] and [t["name"] for t in v["tiles"]] == ["cam0", "cam1", "cam2", "dead"]
+    dead = v["tiles"][3]
+    assert dead["down"] and "down" in dead["why"]
+    assert v["tiles"][0]["selected"] and v["name"] == "cam0" and "camera=cam0" in v["stream"]
+    assert v["status"].startswith("LIVE") and "1 DOWN" in v["status"]
+    browser.eval("document.querySelector('#cameras .cam[data-camera=\"cam2\"]').click()")
+    v = wait_until(lambda: (x := browser.eval(READ_GRID)) and x["name"] == "cam2" and x or None, 5, "cam2 selected")
+    assert "camera=cam2" in v["stream"] and [t["name"] for t in v["tiles"] if t["selected"]] == ["cam2"]
+    wait_until(lambda: browser.eval("document.getElementById('stream').naturalWidth") == 640, 10, "cam2's stream")
+    shot = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / "live_page_cameras.png").write_bytes(shot)

@@ -253,7 +253,7 @@ def test_metrics_follow_prometheus_naming_and_use_histograms(tmp_path, model):
                               sinks=[lambda r: metrics.observe(r, pipe.info.classes)],
                               on_model_loaded=lambda b: (metrics.set_model(b.info.model_version, b.name,
                                                                            b.precision), cap.start()))
-    metrics.bind(cap, pipe)
+    metrics.bind({"main": cap}, pipe)
     pipe.start()
     assert pipe.ready.wait(20)
     assert_eventually = time.monotonic() + 10
@@ -275,14 +275,14 @@ def test_metrics_follow_prometheus_naming_and_use_histograms(tmp_path, model):
     stages = {s.labels["stage"] for s in families["inspect_edge_stage_duration_seconds"].samples}
     assert stages == {"preprocess", "inference", "postprocess"}
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
-    processed = value[("inspect_edge_frames_processed_total", ())]
+    processed = value[("inspect_edge_frames_processed_total", (("camera", "main"),))]
     assert processed == pipe.counts().processed >= 1
-    assert value[("inspect_edge_frames_captured_total", ())] == 3
+    assert value[("inspect_edge_frames_captured_total", (("camera", "main"),))] == 3
     assert processed + sum(v for (n, _), v in value.items() if n == "inspect_edge_frames_dropped_total") == 3
-    assert value[("inspect_edge_defects_total", (("class", "very_dark"),))] >= 1
+    assert value[("inspect_edge_defects_total", (("camera", "main"), ("class", "very_dark")))] >= 1
     assert value[("inspect_edge_model_info", (("backend", "onnxruntime"), ("model_version", "test-1.0"),
                                               ("precision", "fp32")))] == 1
-    assert 0 < value[("inspect_edge_defect_area_ratio", (("class", "dark"),))] < 1
+    assert 0 < value[("inspect_edge_defect_area_ratio", (("camera", "main"), ("class", "dark")))] < 1
     assert families["inspect_edge_camera_reconnects"].type == "counter"
     # A second service in the same process gets its own registry.
     assert ServiceMetrics().registry is not metrics.registry

@@ -119,7 +119,7 @@ def test_dashboards_and_rules_on_a_real_prometheus(stack):
     # Every query must show something: wait until all do and the rates have caught up
     # with the line (the first scrapes of a counter under-read its rate).
     def processed_fps() -> float:
-        return float(prom.query("instance:inspect_edge_frames_processed:rate1m")[0]["value"][1])
+        return float(prom.query("instance_camera:inspect_edge_frames_processed:rate1m")[0]["value"][1])
 
     def still_empty() -> list[str]:
         missing = [p["panel"] for p in panels if not finite(prom.query(p["query"]))]
@@ -152,7 +152,7 @@ def test_dashboards_and_rules_on_a_real_prometheus(stack):
     for name in quiet:
         assert name not in steady["states"], f"{name} is {steady['states'][name]} while the line runs normally"
     processed = processed_fps()
-    captured = float(prom.query("instance:inspect_edge_frames_captured:rate1m")[0]["value"][1])
+    captured = float(prom.query("instance_camera:inspect_edge_frames_captured:rate1m")[0]["value"][1])
     assert needed < processed < 30 and abs(processed - captured) < 0.2 * captured, (processed, captured)
 
     # The video ends: the camera is down; the alert must go pending, then fire.

@@ -131,21 +131,21 @@ def test_service_end_to_end_on_a_video_file(tmp_path, model, video):
         # /metrics parses and its counters agree with /api/stats (read before and after it).
         before, m, after = svc.stats(), svc.metrics(), svc.stats()
         for key in ("captured", "processed"):
-            got = m[(f"inspect_edge_frames_{key}_total", ())]
+            got = m[(f"inspect_edge_frames_{key}_total", (("camera", "main"),))]
             assert before["frames"][key] <= got <= after["frames"][key], key
         for reason, n in after["frames"]["dropped"].items():
-            got = m[("inspect_edge_frames_dropped_total", (("reason", reason),))]
+            got = m[("inspect_edge_frames_dropped_total", (("camera", "main"), ("reason", reason)))]
             assert before["frames"]["dropped"][reason] <= got <= n
         for name in ("dark", "very_dark"):
-            got = m[("inspect_edge_defects_total", (("class", name),))]
+            got = m[("inspect_edge_defects_total", (("camera", "main"), ("class", name)))]
             assert before["defects"]["total"][name] <= got <= after["defects"]["total"][name]
             assert got > 0
             # Each disc is in view for dozens of frames but counts once per pass through the view.
-            seen = m[("inspect_edge_defect_detections_total", (("class", name),))]
+            seen = m[("inspect_edge_defect_detections_total", (("camera", "main"), ("class", name)))]
             assert seen >= 10 * got, (name, seen, got)
-        assert m[("inspect_edge_camera_up", ())] == 1
-        assert m[("inspect_edge_camera_reconnects_total", ())] == after["source"]["reconnects"] == 0
-        assert m[("inspect_edge_capture_to_result_seconds_count", ())] >= 30
+        assert m[("inspect_edge_camera_up", (("camera", "main"),))] == 1
+        assert m[("inspect_edge_camera_reconnects_total", (("camera", "main"),))] == after["source"]["reconnects"] == 0
+        assert m[("inspect_edge_capture_to_result_seconds_count", (("camera", "main"),))] >= 30
         assert m[("inspect_edge_model_info", (("backend", "onnxruntime"), ("model_version", "test-1.0"),
                                               ("precision", "fp32")))] == 1
         assert after["fps"]["processed"] > 5 and after["latency_ms"]["p50"] > 0
@@ -185,14 +185,14 @@ def test_lost_camera_is_reconnected_and_metrics_say_so(tmp_path, model):
             svc.wait_ready()
             wait_until(lambda: svc.stats()["frames"]["processed"] >= 5, 20, "frames")
             camera.drop(outage_s=2.0)
-            wait_until(lambda: svc.metrics()[("inspect_edge_camera_up", ())] == 0, 10, "camera_up 0")
+            wait_until(lambda: svc.metrics()[("inspect_edge_camera_up", (("camera", "main"),))] == 0, 10, "camera_up 0")
             assert svc.client.get("/readyz").status_code == 503
             processed = svc.stats()["frames"]["processed"]
-            wait_until(lambda: svc.metrics()[("inspect_edge_camera_reconnects_total", ())] >= 1, 20, "reconnect")
+            wait_until(lambda: svc.metrics()[("inspect_edge_camera_reconnects_total", (("camera", "main"),))] >= 1, 20, "reconnect")
             wait_until(lambda: svc.stats()["frames"]["processed"] >= processed + 5, 20, "frames after reconnect")
             m, s = svc.metrics(), svc.stats()
-            assert m[("inspect_edge_camera_up", ())] == 1 and s["source"]["up"]
-            assert m[("inspect_edge_camera_reconnects_total", ())] == s["source"]["reconnects"] >= 1
+            assert m[("inspect_edge_camera_up", (("camera", "main"),))] == 1 and s["source"]["up"]
+            assert m[("inspect_edge_camera_reconnects_total", (("camera", "main"),))] == s["source"]["reconnects"] >= 1
             assert s["source"]["last_error"] == ""  # recovered: the outage's error is gone
             # Ready again once frames have flowed for ready_recover_s (2 s), not at the first frame.
             wait_until(lambda: svc.client.get("/readyz").status_code == 200, 10, "/readyz 200 after recovery")

@@ -111,7 +111,7 @@ def test_a_frozen_camera_is_down_within_its_read_timeout_and_ready_does_not_flap
         wait_until(lambda: client.get("/readyz").status_code == 200, 30, "ready")
         camera.freeze(6.0)
         t0 = time.monotonic()
-        wait_until(lambda: metrics(client)[("inspect_edge_camera_up", ())] == 0, 5, "camera_up 0")
+        wait_until(lambda: metrics(client)[("inspect_edge_camera_up", (("camera", "main"),))] == 0, 5, "camera_up 0")
         took = time.monotonic() - t0
         assert took < 1.0 + 1.5, f"camera_up fell after {took:.1f} s, read timeout 1 s"
         assert "no new frame" in client.get("/api/stats").json()["source"]["last_error"] or \
@@ -187,7 +187,7 @@ def test_with_a_line_speed_the_service_reports_metres_inspected_and_defects_per_
         wait_until(lambda: client.get("/api/stats").json()["defects"].get("strip_metres", 0) > 2, 20, "2 m inspected")
         d = client.get("/api/stats").json()["defects"]
         m = metrics(client)
-        metres = m[("inspect_edge_strip_metres_total", ())]
+        metres = m[("inspect_edge_strip_metres_total", (("camera", "main"),))]
         assert metres > 2 and set(d["per_metre"]) == {"dark", "very_dark"}
-        n_dark = m[("inspect_edge_defects_total", (("class", "dark"),))]
+        n_dark = m[("inspect_edge_defects_total", (("camera", "main"), ("class", "dark")))]
         assert abs(d["per_metre"]["dark"] - n_dark / d["strip_metres"]) < 0.05 + 1 / d["strip_metres"]

@@ -51,6 +51,10 @@ def bench(
     tensorrt: bool = typer.Option(True, "--tensorrt/--no-tensorrt", help="Try TensorRT (GPU only; labelled with the precision its engine was built with)."),
     plugins: bool = typer.Option(True, "--plugins/--no-plugins", help="Load contender plugins (PyTorch)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/bench/<UTC timestamp>)."),
+    cameras: Optional[str] = typer.Option(None, "--cameras", help="Instead: serve this many cameras with one model, "
+                                          "e.g. 1,2,4 (the --model given, else the built-in one; threads: the largest of --threads)."),
+    camera_fps: float = typer.Option(5.0, "--camera-fps", help="--cameras: each camera's frame rate."),
+    cameras_seconds: float = typer.Option(20.0, "--cameras-seconds", help="--cameras: how long each camera count runs."),
 ) -> None:
     """Time the engines side by side, the pipeline against the engine, and frame freshness."""
     from rich.console import Console
@@ -66,6 +70,11 @@ def bench(
     ih, iw = _hw(input_size, "--input")
     fh, fw = _hw(frame, "--frame")
     out = out or Path("runs/bench") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    command = shlex.join(["inspect-edge", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "inspect-edge bench"
+    if cameras is not None:
+        _cameras_bench(models, _ints(cameras, "--cameras"), camera_fps, cameras_seconds, max(_ints(threads, "--threads")),
+                       (fh, fw), out, command, console)
+        return
     cfg = BenchConfig(
         out=out, models=models, sizes=size_list, input_height=ih, input_width=iw,
         batches=_ints(batches, "--batches"), threads=_ints(threads, "--threads"),
@@ -73,7 +82,7 @@ def bench(
         tensorrt=tensorrt, plugins=plugins, pipeline=pipeline, pipeline_model=pipeline_model,
         pipeline_cfg=PipelineBenchConfig(seconds=pipeline_seconds, rate_factor=rate_factor),
         frame_height=fh, frame_width=fw,
-        command=shlex.join(["inspect-edge", "bench", *sys.argv[2:]]) if len(sys.argv) > 1 else "inspect-edge bench",
+        command=command,
     )
     try:
         record = run_bench(cfg, log=lambda s: console.print(s, highlight=False, markup=False))
@@ -84,3 +93,25 @@ def bench(
         mark = "-" if t["met"] is None else ("met" if t["met"] else "MISSED")
         typer.echo(f"[{mark:>6}] {t['target']}: {t['measured']}")
     typer.echo(f"record: {out / 'bench.json'}  table: {out / 'bench.md'}")
+
+
+def _cameras_bench(models: list[Path], counts: list[int], camera_fps: float, seconds: float, threads: int,
+                   frame_hw: tuple[int, int], out: Path, command: str, console) -> None:
+    import json
+
+    from inspect_edge.bench.cameras_bench import run_cameras_bench, to_markdown
+    from inspect_edge.config import DEFAULT_MODEL
+
+    if not counts or min(counts) < 1 or camera_fps <= 0 or seconds <= 0:
+        raise typer.BadParameter("--cameras needs counts >= 1, --camera-fps and --cameras-seconds > 0")
+    model = models[0] if models else DEFAULT_MODEL
+    if model.suffix.lower() != ".onnx":
+        raise typer.BadParameter(f"--cameras runs the service's ONNX Runtime backend: give an .onnx model, got {model}")
+    record = run_cameras_bench(model, counts, camera_fps=camera_fps, seconds=seconds, threads=threads, frame_hw=frame_hw,
+                               log=lambda m: console.print(m, highlight=False, markup=False))
+    record["command"] = command
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cameras.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "cameras.md").write_text(to_markdown(record, command))
+    typer.echo(to_markdown(record, command))
+    typer.echo(f"record: {out / 'cameras.json'}  table: {out / 'cameras.md'}")

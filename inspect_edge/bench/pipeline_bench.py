@@ -137,7 +137,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
         capture, lambda: open_backend(model_path, cfg.backend, threads), fit=cfg.fit,
         sinks=[timed("metrics", lambda r: metrics.observe(r, pipeline.info.classes)),
                timed("live_view", live), record])
-    metrics.bind(capture, pipeline)
+    metrics.bind({"main": capture}, pipeline)
 
     encode_s: list[float] = []
     viewer_stop = threading.Event()
@@ -146,7 +146,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
         last = 0
         while not viewer_stop.wait(1.0 / cfg.viewer_fps):
             t0 = time.perf_counter()
-            live.latest_jpeg()
+            live.latest_jpeg("main")
             if live.encodes != last:
                 last = live.encodes
                 encode_s.append(time.perf_counter() - t0)

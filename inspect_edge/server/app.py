@@ -1,7 +1,8 @@
 """The FastAPI app, built by `create_app(config)`; its lifespan starts and stops the threads.
 
-Endpoints: `/` live page, `/stream.mjpg`, `/snapshot.jpg`, `/api/stats`,
-`/api/defects?limit=N`, `/api/defects/{id}/thumb.jpg`, `/healthz` (503 when a
+Endpoints: `/` live page, `/stream.mjpg?camera=NAME`, `/snapshot.jpg?camera=NAME`
+(without `camera`: the first camera), `/api/stats` (totals and each camera),
+`/api/defects?limit=N&camera=NAME`, `/api/defects/{id}/thumb.jpg`, `/healthz` (503 when a
 worker thread died or is past its restart budget: restart the process), `/readyz`
 (model loaded, warmed up and the source delivering), `/metrics`; `/review` and
 `/api/review` (the reviewer's decisions on saved evidence, `inspect_edge.review`).
@@ -100,9 +101,16 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
     def stats() -> JSONResponse:
         return JSONResponse(service.stats(), headers=NO_CACHE)
 
+    def camera_named(name: str | None) -> str:
+        if name is None:
+            return next(iter(service.cameras))
+        if name not in service.cameras:
+            raise HTTPException(404, f"no camera {name!r}; cameras: {', '.join(service.cameras)}")
+        return name
+
     @app.get("/api/defects")
-    def defects(limit: int = Query(20, ge=1, le=500)) -> JSONResponse:
-        return JSONResponse(service.live.recent(limit), headers=NO_CACHE)
+    def defects(limit: int = Query(20, ge=1, le=500), camera: str | None = Query(None, max_length=64)) -> JSONResponse:
+        return JSONResponse(service.live.recent(limit, None if camera is None else camera_named(camera)), headers=NO_CACHE)
 
     @app.get("/api/defects/{defect_id}/thumb.jpg")
     def thumbnail(defect_id: int) -> Response:
@@ -112,10 +120,11 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/snapshot.jpg")
-    def snapshot() -> Response:
-        item = service.live.latest_jpeg()
+    def snapshot(camera: str | None = Query(None, max_length=64)) -> Response:
+        name = camera_named(camera)
+        item = service.live.latest_jpeg(name)
         if item is None:
-            raise HTTPException(503, "no frame processed yet")
+            raise HTTPException(503, f"no frame of camera {name!r} processed yet")
         return Response(item[1], media_type="image/jpeg", headers={**NO_CACHE, "X-Frame-Seq": str(item[0])})
 
     # ---- review of the line's evidence (token-protected like everything but the probes) ----
@@ -177,13 +186,14 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
             raise HTTPException(409, str(e)) from None
 
     @app.get("/stream.mjpg")
-    async def stream() -> StreamingResponse:
+    async def stream(camera: str | None = Query(None, max_length=64)) -> StreamingResponse:
+        name = camera_named(camera)
         # Counted on the event loop's one thread, so no lock is needed.
         open_now = sum(1 for g in list(viewers) if g.ag_frame is not None)
         if open_now >= cfg.server.max_viewers:
             raise HTTPException(503, f"{open_now} viewers already watch (limit {cfg.server.max_viewers}); "
                                      "close one, or use /snapshot.jpg")
-        body = _mjpeg(service)
+        body = _mjpeg(service, name)
         viewers.add(body)
         return StreamingResponse(body, media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                  headers=NO_CACHE)
@@ -191,8 +201,8 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
     return app
 
 
-async def _mjpeg(service: InspectionService):
-    """Newest annotated frame per part, at most stream_fps; ends when the service stops.
+async def _mjpeg(service: InspectionService, camera: str):
+    """The camera's newest annotated frame per part, at most stream_fps; ends when the service stops.
 
     All viewers share LiveView's one-encode-per-frame cache; a viewer never
     queues frames, so a slow client sees fewer frames instead of older ones.
@@ -200,11 +210,11 @@ async def _mjpeg(service: InspectionService):
     live, interval = service.live, 1.0 / service.cfg.server.stream_fps
     last_seq = None
     while not service.stopping.is_set():
-        latest = live.latest
+        latest = live.latest_of(camera)
         if latest is None or latest.seq == last_seq:
             await asyncio.sleep(min(interval, 0.05))
             continue
-        item = await run_in_threadpool(live.latest_jpeg)
+        item = await run_in_threadpool(live.latest_jpeg, camera)
         last_seq, jpeg = item
         yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
                f"X-Frame-Seq: {last_seq}\r\n\r\n").encode() + jpeg + b"\r\n"

@@ -1,8 +1,8 @@
-"""What the live page shows: the newest annotated frame, rolling numbers, recent defects.
+"""What the live page shows: each camera's newest annotated frame, rolling numbers, recent defects.
 
-A sink of the pipeline. The annotated JPEG is rendered on demand and cached by
-frame number, so each frame is encoded at most once however many viewers
-watch (and not at all when nobody does).
+A sink of the pipeline. A camera's annotated JPEG is rendered on demand and
+cached by frame number, so each frame is encoded at most once however many
+viewers watch (and not at all when nobody watches that camera).
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ class LiveView:
         self.recent_interval_s = recent_interval_s
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
-        self._latest: FrameResult | None = None
-        self._jpeg: tuple[int, bytes] | None = None
+        self._latest: FrameResult | None = None             # of any camera
+        self._by_camera: dict[str, FrameResult] = {}
+        self._jpeg: dict[str, tuple[int, bytes]] = {}
         self.encodes = 0                                    # how many frames were JPEG-encoded
         self._latency = deque(maxlen=300)
+        self._camera_latency: dict[str, deque] = {}
         self._stages = {s: deque(maxlen=300) for s in STAGES}
-        self._window: deque[tuple[float, str]] = deque()   # (monotonic, class) within the window
+        self._window: deque[tuple[float, str, str]] = deque()   # (monotonic, class, camera) within the window
         self._recent: deque[RecentDefect] = deque(maxlen=keep_recent)
         self._last_recent: dict[str, float] = {}
         self._next_id = 1
@@ -52,7 +54,9 @@ class LiveView:
         now = time.monotonic()
         with self._lock:
             self._latest = result
+            self._by_camera[result.camera] = result
             self._latency.append(result.latency_s)
+            self._camera_latency.setdefault(result.camera, deque(maxlen=300)).append(result.latency_s)
             for s in STAGES:
                 self._stages[s].append(result.stage_s[s])
             # The strip moves, so one defect is seen in many frames: the counts and the
@@ -61,7 +65,7 @@ class LiveView:
             for d, track_id in zip(result.defects, result.track_ids):
                 if track_id not in new:
                     continue
-                self._window.append((now, d.class_name))
+                self._window.append((now, d.class_name, result.camera))
                 # A burst of one class (a band of pits) still gets one list entry per interval.
                 if now - self._last_recent.get(d.class_name, -1e18) >= self.recent_interval_s:
                     self._last_recent[d.class_name] = now
@@ -75,7 +79,7 @@ class LiveView:
         H, W = result.image.shape
         x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
         info = d.to_dict()
-        info.update(id=self._next_id, defect_id=track_id, seq=result.seq, iso_time=iso(d.frame_time),
+        info.update(id=self._next_id, defect_id=track_id, camera=result.camera, seq=result.seq, iso_time=iso(d.frame_time),
                     thumbnail=f"/api/defects/{self._next_id}/thumb.jpg")
         rd = RecentDefect(self._next_id, info, result.image[y0:y1, x0:x1].copy(),
                           result.masks[d.class_index, y0:y1, x0:x1].copy(), d.class_index)
@@ -85,24 +89,29 @@ class LiveView:
     # ---- readers (HTTP handlers) -------------------------------------------
     @property
     def latest(self) -> FrameResult | None:
+        """The newest processed frame of any camera."""
         return self._latest
 
-    def latest_jpeg(self) -> tuple[int, bytes] | None:
-        """(frame seq, JPEG of the annotated frame), encoded once per frame."""
-        result = self._latest
+    def latest_of(self, camera: str) -> FrameResult | None:
+        return self._by_camera.get(camera)
+
+    def latest_jpeg(self, camera: str) -> tuple[int, bytes] | None:
+        """(frame seq, JPEG of the camera's newest annotated frame), encoded once per frame."""
+        result = self._by_camera.get(camera)
         if result is None:
             return None
         with self._encode_lock:
-            if self._jpeg is None or self._jpeg[0] != result.seq:
+            cached = self._jpeg.get(camera)
+            if cached is None or cached[0] != result.seq:
                 img = render_overlay(result.image, result.masks, result.defects)
-                self._jpeg = (result.seq, encode_jpeg(img, self.jpeg_quality))
+                cached = self._jpeg[camera] = (result.seq, encode_jpeg(img, self.jpeg_quality))
                 self.encodes += 1
-            return self._jpeg
+            return cached
 
-    def recent(self, limit: int) -> list[dict]:
+    def recent(self, limit: int, camera: str | None = None) -> list[dict]:
         with self._lock:
-            items = list(self._recent)[-limit:] if limit > 0 else []
-        return [r.info for r in reversed(items)]
+            items = [r for r in self._recent if camera is None or r.info["camera"] == camera]
+        return [r.info for r in reversed(items[-limit:] if limit > 0 else [])]
 
     def thumbnail(self, defect_id: int) -> bytes | None:
         with self._lock:
@@ -118,14 +127,23 @@ class LiveView:
             img = cv2.resize(img, None, fx=min(scale, 4.0), fy=min(scale, 4.0), interpolation=cv2.INTER_NEAREST)
         return encode_jpeg(img, 85)
 
-    def window_counts(self) -> dict[str, int]:
+    def window_counts(self, camera: str | None = None) -> dict[str, int]:
         now = time.monotonic()
         counts: dict[str, int] = {}
         with self._lock:
-            for t, name in self._window:
-                if now - t <= self.recent_window_s:
+            for t, name, cam in self._window:
+                if now - t <= self.recent_window_s and (camera is None or cam == camera):
                     counts[name] = counts.get(name, 0) + 1
         return counts
+
+    def latency_summary(self, camera: str) -> dict:
+        """One camera's capture-to-result times (frame age when its defects are known), in ms."""
+        with self._lock:
+            lat = np.array(self._camera_latency.get(camera, ()), np.float64) * 1000
+        if lat.size == 0:
+            return {"last": None, "p50": None, "p99": None}
+        return {"last": round(float(lat[-1]), 1), "p50": round(float(np.percentile(lat, 50)), 1),
+                "p99": round(float(np.percentile(lat, 99)), 1)}
 
     def timing_summary(self) -> dict:
         with self._lock:

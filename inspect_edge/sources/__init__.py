@@ -3,7 +3,7 @@
 `open_source(spec)` reads one string, as typed after `--source`:
 - an integer (`0`) or `camera:0`: a USB/V4L2 camera;
 - `rtsp://`, `rtsps://`, `http://`, `https://`: a network stream;
-- `synthetic`: the project's moving-strip generator, live;
+- `synthetic` (or `synthetic:SEED`, another strip per seed): the project's moving-strip generator, live;
 - a directory or a glob with `*`/`?`: still images in name order;
 - any other path: a video file (it must exist).
 """
@@ -44,8 +44,11 @@ def open_source(spec: str, *, loop: bool = False, realtime: bool = True, fps: fl
         return VideoCaptureSource(index, "camera", **timeouts)
     if spec.lower().startswith(STREAM_SCHEMES):
         return VideoCaptureSource(spec, "stream", **timeouts)
-    if spec == "synthetic":
-        return SyntheticSource(fps=fps or 10.0)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        seed = spec.removeprefix("synthetic").removeprefix(":") or "0"
+        if not seed.isdigit():
+            raise ValueError(f"source {spec!r}: the synthetic strip takes a seed, e.g. synthetic:2 (each seed is another strip)")
+        return SyntheticSource(spec, fps=fps or 10.0, seed=int(seed))
     path = Path(spec).expanduser()
     if path.is_dir() or any(ch in spec for ch in "*?["):
         if not list_images(str(path)):

@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from inspect_edge.sources.base import Frame, Source, SourceEnded, SourceError
 from inspect_edge.sources.images import UnreadableImage
@@ -40,8 +43,12 @@ class CaptureCounts:
 
 class LatestFrameCapture:
     def __init__(self, source: Source, *, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0,
-                 stall_timeout_s: float | None = None, streak_gap_s: float = 3.0, name: str = "capture") -> None:
+                 stall_timeout_s: float | None = None, streak_gap_s: float = 3.0, name: str = "capture",
+                 roi: tuple[int, int, int, int] | None = None) -> None:
         self.source = source
+        self.roi = roi  # x, y, w, h: only this region of each frame is kept
+        self.on_frame: Callable[[], None] | None = None  # called after each new frame (the inference thread's wake-up)
+        self._roi_warned = False
         self.stall_timeout_s = stall_timeout_s
         self.streak_gap_s = streak_gap_s
         self._opened_mono = 0.0
@@ -58,9 +65,9 @@ class LatestFrameCapture:
 
     # ---- consumer side -----------------------------------------------------
     def take(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame not taken yet, waiting up to `timeout`; None if none came."""
+        """The newest frame not taken yet, waiting up to `timeout` (0: not at all); None if none came."""
         with self._new_frame:
-            if self._slot is None:
+            if self._slot is None and timeout != 0:
                 self._new_frame.wait(timeout)
             frame, self._slot = self._slot, None
             return frame
@@ -175,7 +182,21 @@ class LatestFrameCapture:
             self._publish(image)
         return None
 
+    def _crop(self, image: np.ndarray) -> np.ndarray:
+        x, y, w, h = self.roi
+        H, W = image.shape[:2]
+        if x + w > W or y + h > H:
+            if not self._roi_warned:
+                self._roi_warned = True
+                log.warning("source %s: roi %s reaches outside its %dx%d frame; inspecting the part inside (the whole frame if none is)", self.source.spec,
+                            list(self.roi), W, H)
+        cut = image[y:min(y + h, H), x:min(x + w, W)]
+        # A copy: the inference thread keeps this frame, the full one can go.
+        return cut.copy() if cut.size else image
+
     def _publish(self, image) -> None:
+        if self.roi is not None:
+            image = self._crop(image)
         now_mono, now = time.monotonic(), time.time()
         with self._new_frame:
             c = self._counts
@@ -191,6 +212,8 @@ class LatestFrameCapture:
             self._slot = Frame(c.captured, image, now, now_mono)
             self._rate.tick(now_mono)
             self._new_frame.notify()
+        if self.on_frame is not None:
+            self.on_frame()
 
     def _mark_down(self, reason: str, failed_open: bool = False) -> None:
         with self._lock:

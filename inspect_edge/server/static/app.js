@@ -1,15 +1,60 @@
-// Live page: the MJPEG stream plus numbers polled from /api/stats and /api/defects.
+// Live page: the selected camera's MJPEG stream plus numbers polled from /api/stats and
+// /api/defects; with several cameras, a grid of all of them (snapshots, so they do not
+// use up the stream viewer limit) where a click selects the one shown in full.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const fmt = (v, digits = 1) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 const int = (v) => (v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US"));
+const esc = (t) => String(t).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
 let classColors = {};
 let lastRecentKey = "";
+let selected = decodeURIComponent((location.hash.match(/camera=([^&]+)/) || [])[1] || "");
+let streaming = null;
+let gridKey = "";
 
 function startStream() {
   const img = $("stream");
+  streaming = selected;
   img.onerror = () => setTimeout(startStream, 2000);  // service restarting: try again
-  img.src = "/stream.mjpg?t=" + Date.now();
+  img.src = "/stream.mjpg?camera=" + encodeURIComponent(selected) + "&t=" + Date.now();
+}
+
+function select(name) {
+  if (name === selected && streaming === name) return;
+  selected = name;
+  history.replaceState(null, "", "#camera=" + encodeURIComponent(name));
+  lastRecentKey = "";
+  startStream();
+}
+
+function renderGrid(cameras) {
+  const grid = $("cameras");
+  grid.hidden = cameras.length < 2;
+  if (grid.hidden) return;
+  const key = cameras.map((c) => c.name).join(",");
+  if (key !== gridKey) {  // build the tiles once; later polls only update them
+    gridKey = key;
+    grid.innerHTML = cameras.map((c) =>
+      `<button class="cam" data-camera="${esc(c.name)}"><img alt="">` +
+      `<div class="cam-line"><i class="dot"></i><b>${esc(c.name)}</b><span class="cam-num"></span></div>` +
+      `<div class="cam-why dim"></div></button>`).join("");
+    grid.querySelectorAll(".cam").forEach((el) => { el.onclick = () => select(el.dataset.camera); });
+  }
+  const now = Date.now();
+  for (const c of cameras) {
+    const el = grid.querySelector(`.cam[data-camera="${CSS.escape(c.name)}"]`);
+    el.classList.toggle("sel", c.name === selected);
+    el.classList.toggle("down", !c.delivering);
+    const found = Object.values(c.defects.total).reduce((a, b) => a + b, 0);
+    el.querySelector(".cam-num").textContent = fmt(c.fps.processed) + " fps · age p99 " +
+      fmt(c.frame_age_ms.p99, 0) + " ms · " + int(found) + " defects";
+    el.querySelector(".cam-why").textContent = c.delivering ? c.spec : c.reason;
+    const img = el.querySelector("img");
+    if (c.last_frame && img.dataset.seq !== String(c.last_frame.seq)) {
+      img.dataset.seq = String(c.last_frame.seq);
+      img.src = "/snapshot.jpg?camera=" + encodeURIComponent(c.name) + "&seq=" + c.last_frame.seq + "&t=" + now;
+    }
+  }
 }
 
 function duration(s) {
@@ -26,7 +71,13 @@ function setStatus(kind, text, title) {
 }
 
 function renderStats(s) {
-  $("source-spec").textContent = s.source.spec + " (" + s.source.kind + ")";
+  const cams = s.cameras;
+  if (!cams.some((c) => c.name === selected)) select(cams[0].name);
+  else if (streaming !== selected) startStream();
+  const cam = cams.find((c) => c.name === selected);
+  renderGrid(cams);
+  $("camera-name").textContent = cams.length > 1 ? cam.name : "";
+  $("source-spec").textContent = cam.spec + " (" + cam.kind + ")";
   if (s.model) {
     $("model-desc").textContent = (s.model.arch || "model") + " " + s.model.version + " · " +
       s.model.backend + " · " + s.model.precision;
@@ -35,38 +86,41 @@ function renderStats(s) {
       `<span><i class="swatch" style="background:${c.color}"></i>${c.name}</span>`).join("");
   }
   $("uptime").textContent = duration(s.uptime_s);
-  if (s.ready) setStatus("ok", "LIVE", s.ready_reason);
-  else if (s.source.finished) setStatus("warn", "ENDED", s.ready_reason);
+  const down = cams.filter((c) => !c.delivering).length;
+  if (s.ready && down) setStatus("warn", "LIVE · " + down + " DOWN", s.ready_reason);
+  else if (s.ready) setStatus("ok", "LIVE", s.ready_reason);
+  else if (cams.every((c) => c.finished)) setStatus("warn", "ENDED", s.ready_reason);
   else setStatus("bad", "NOT READY", s.ready_reason);
 
-  $("fps-processed").textContent = fmt(s.fps.processed);
-  $("fps-capture").textContent = fmt(s.fps.capture);
-  $("latency-p50").textContent = fmt(s.latency_ms.p50, 0);
-  $("latency-p95").textContent = fmt(s.latency_ms.p95, 0);
-  $("frames-processed").textContent = int(s.frames.processed);
-  $("frames-captured").textContent = "of " + int(s.frames.captured) + " captured";
-  const dropped = s.frames.dropped;
+  // Everything below is the selected camera's.
+  $("fps-processed").textContent = fmt(cam.fps.processed);
+  $("fps-capture").textContent = fmt(cam.fps.capture);
+  $("latency-p50").textContent = fmt(cam.frame_age_ms.p50, 0);
+  $("latency-p95").textContent = fmt(cam.frame_age_ms.p99, 0);
+  $("frames-processed").textContent = int(cam.frames.processed);
+  $("frames-captured").textContent = "of " + int(cam.frames.captured) + " captured";
+  const dropped = cam.frames.dropped;
   const total = Object.values(dropped).reduce((a, b) => a + b, 0);
   $("frames-dropped").textContent = int(total);
   $("dropped-detail").textContent = Object.entries(dropped).filter(([, n]) => n > 0)
     .map(([r, n]) => r + " " + n).join(" · ") || "none";
-  $("reconnects").textContent = int(s.source.reconnects);
-  $("source-state").textContent = s.source.up ? "source up" : (s.source.finished ? "source ended" : "source DOWN");
+  $("reconnects").textContent = int(cam.reconnects);
+  $("source-state").textContent = cam.up ? "source up" : (cam.finished ? "source ended" : "source DOWN");
   const st = s.stage_ms;
   $("stage-times").textContent = "per frame: pre-process " + fmt(st.preprocess) + " ms · inference " +
     fmt(st.inference) + " ms · post-process " + fmt(st.postprocess) + " ms" +
-    (s.last_frame ? " · " + s.last_frame.tiles + " tile(s) of " + s.last_frame.shape.join("×") : "");
-  if (s.last_frame) $("frame-info").textContent = "frame #" + s.last_frame.seq;
+    (cam.last_frame ? " · " + cam.last_frame.tiles + " tile(s) of " + cam.last_frame.shape.join("×") : "");
+  if (cam.last_frame) $("frame-info").textContent = "frame #" + cam.last_frame.seq;
 
   // Each physical defect counts once, however many frames it is seen in.
-  $("window-label").textContent = "last " + Math.round(s.defects.window_s / 60) + " min";
-  const counts = s.defects.in_window;
-  const perMetre = s.defects.per_metre || {};
+  $("window-label").textContent = "last " + Math.round(s.defects.window_s / 60) + " min" + (cams.length > 1 ? " · " + cam.name : "");
+  const counts = cam.defects.in_window;
+  const perMetre = cam.defects.per_metre || {};
   const max = Math.max(1, ...Object.values(counts));
   $("class-bars").innerHTML = Object.entries(counts).map(([name, n]) =>
     `<div class="bar"><span>${name}</span><div class="track"><div class="fill" style="width:${100 * n / max}%;` +
     `background:${classColors[name] || "#888"}"></div></div><span class="count">${int(n)}</span></div>`).join("") +
-    (s.defects.strip_metres !== undefined ? `<div class="dim per-metre">per 100 m of strip (${int(s.defects.strip_metres)} m inspected): ` +
+    (cam.defects.strip_metres !== undefined ? `<div class="dim per-metre">per 100 m of strip (${int(cam.defects.strip_metres)} m inspected): ` +
       Object.entries(perMetre).map(([name, r]) => `${name} ${r === null ? "–" : (100 * r).toFixed(1)}`).join(" · ") + "</div>" : "");
 }
 
@@ -104,7 +158,6 @@ async function poll(url, render, every) {
   }
 }
 
-startStream();
 // A candidate model shadowed beside production (POST /api/model): its version and agreement.
 function renderCandidate(m) {
   const sh = m.shadow;
@@ -116,4 +169,15 @@ function renderCandidate(m) {
 
 poll("/api/stats", renderStats, 1000);
 poll("/api/model", renderCandidate, 3000);
-poll("/api/defects?limit=15", renderRecent, 2000);
+async function pollRecent() {
+  for (;;) {
+    if (streaming !== null) {
+      try {
+        const r = await fetch("/api/defects?limit=15&camera=" + encodeURIComponent(selected), { cache: "no-store" });
+        if (r.ok) renderRecent(await r.json());
+      } catch (e) { /* the stats poll reports a lost connection */ }
+    }
+    await new Promise((res) => setTimeout(res, 2000));
+  }
+}
+pollRecent();
