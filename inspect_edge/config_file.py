@@ -18,6 +18,17 @@ from pydantic import BaseModel, ValidationError
 from inspect_edge.config import ServiceConfig
 
 ENV_SECRETS = {"INSPECT_EDGE_AUTH_TOKEN": ("server", "auth_token")}
+# A whole line instead of `source:` (every key of `source` also works per camera):
+CAMERAS_EXAMPLE = [
+    "# cameras:",
+    "#   - name: top                      # the `camera` label of its metrics, events and evidence",
+    "#     spec: rtsp://10.0.0.21/stream1",
+    "#     fps: 10",
+    "#     roi: [0, 0, 1600, 256]         # x, y, width, height: only this region is inspected",
+    "#   - name: bottom",
+    "#     spec: rtsp://10.0.0.22/stream1",
+    "#     reconnect_max_s: 5.0",
+]
 
 
 class ConfigFileError(ValueError):
@@ -110,6 +121,8 @@ def _emit(model: BaseModel, lines: list[str], depth: int) -> None:
             _emit(value, lines, depth + 1)
         else:
             lines.append(f"{pad}{name}: {_scalar(value)}")
+        if depth == 0 and name == "cameras":
+            lines.extend(CAMERAS_EXAMPLE)
 
 
 def _scalar(value: Any) -> str:

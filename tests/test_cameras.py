@@ -3,6 +3,7 @@ labelled and reported on its own, and a camera that dies costs only itself."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -41,7 +42,7 @@ def test_three_cameras_keep_running_while_a_fourth_dies_and_comes_back(tmp_path,
                 return {c["name"]: c["frames"]["processed"] for c in client.get("/api/stats").json()["cameras"]}
 
             wait_until(lambda: min(processed().values()) >= 5, 30, "every camera processed")
-            assert client.get("/readyz").status_code == 200
+            wait_until(lambda: client.get("/readyz").status_code == 200, 10, "ready")
             flaky.drop(outage_s=3.0)
             wait_until(lambda: not next(c for c in client.get("/api/stats").json()["cameras"] if c["name"] == "flaky")["delivering"],
                        10, "the flaky camera reported down")
@@ -74,6 +75,11 @@ def test_three_cameras_keep_running_while_a_fourth_dies_and_comes_back(tmp_path,
             assert bad.status_code == 404 and "cam0" in bad.json()["detail"]
             health = client.get("/healthz").json()
             assert {"capture:cam0", "capture:flaky", "inference"} <= set(health["threads"])
+        # Events name their camera; defect ids are unique across cameras.
+        events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+        assert events and {e["camera"] for e in events} <= set(names) and len({e["camera"] for e in events}) >= 2
+        assert len({e["defect_id"] for e in events}) == len(events)
+        assert all(e["evidence"] is None or e["evidence"].endswith("-" + e["camera"]) for e in events)
     finally:
         flaky.stop()
 
