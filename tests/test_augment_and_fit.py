@@ -129,3 +129,23 @@ def test_copy_paste_needs_no_generator(tmp_path):
 def test_unknown_method_is_refused(tmp_path):
     r = CliRunner().invoke(app, ["augment-and-fit", "--data", str(tmp_path), "--out", str(tmp_path / "x"), "--method", "magic"])
     assert r.exit_code == 2 and "unknown method 'magic'" in r.output and "gan-blend" in r.output
+
+
+def test_pretrain_finetune_schedule_fits_synthetic_alone_then_real(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n_train=6, n_val=3)
+    out = tmp_path / "pf"
+    r = CliRunner().invoke(app, ["augment-and-fit", "--data", str(data), "--out", str(out), "--method", "copy-paste",
+                                 "--schedule", "pretrain-finetune", *TINY])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    arm = report["arms"]["real+copy-paste-pretrain"]
+    assert report["schedule"] == "pretrain-finetune" and arm["schedule"] == "pretrain-finetune"
+    assert arm["synthetic_share_of_batch"] == 0.0 and 0 < arm["pretrain_seconds"] < arm["train_seconds"]
+    run = out / "runs" / "real_copy-paste-pretrain"
+    pre_ids = json.loads((run / "pretrain" / "split.json").read_text())["train_ids"]
+    assert pre_ids and all(i.startswith("synthetic-copy-paste/") for i in pre_ids)
+    fine = json.loads((run / "config.json").read_text())
+    assert fine["init_weights"] == str(run / "pretrain") and fine["synthetic_data"] is None
+    assert "pretrain-finetune" in (out / "report.md").read_text()
+    bad = CliRunner().invoke(app, ["augment-and-fit", "--data", str(data), "--out", str(tmp_path / "x"), "--schedule", "later"])
+    assert bad.exit_code == 2 and "unknown schedule 'later'" in bad.output

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from train.gan.augment_and_fit import DEFAULT_METHOD, METHOD_WHY
+from train.gan.augment_and_fit import DEFAULT_METHOD, DEFAULT_SCHEDULE, METHOD_WHY, SCHEDULE_WHY
 
 
 def _numbers(text: str, kind, what: str) -> tuple:
@@ -95,6 +95,7 @@ def register(app: typer.Typer) -> None:
         count: int = typer.Option(300, "--count", help="Synthetic pairs per synthetic arm."),
         method: str = typer.Option(DEFAULT_METHOD, "--method", help=f"Painter: copy-paste, gan or gan-blend (default {DEFAULT_METHOD}: {METHOD_WHY})."),
         synthetic_per_batch: int = typer.Option(4, "--synthetic-per-batch", help="Synthetic crops on top of each batch of real ones."),
+        schedule: str = typer.Option(DEFAULT_SCHEDULE, "--schedule", help=f"mix (synthetic crops in every batch) or pretrain-finetune (synthetic alone first, then real); default {DEFAULT_SCHEDULE}: {SCHEDULE_WHY}."),
         labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Share of training images that keep their masks (seeded)."),
         seed: int = typer.Option(0, "--seed"),
         ablation: bool = typer.Option(False, "--ablation/--no-ablation", help="Also fit real-only and every other painter (same seed and real passes)."),
@@ -122,7 +123,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = AugmentConfig(
                 data=str(data[0]) if len(data) == 1 else [str(d) for d in data], out=str(out), generator=str(generator) if generator else None, count=count,
-                method=method, synthetic_per_batch=synthetic_per_batch,
+                method=method, synthetic_per_batch=synthetic_per_batch, schedule=schedule,
                 labelled_fraction=labelled_fraction, seed=seed, ablation=ablation, size=size, gan_steps=gan_steps,
                 gan_time_budget_min=gan_time_budget_min, gan_crop=gan_crop, gan_batch_size=gan_batch_size, gan_base=gan_base,
                 gan_eval_pairs=gan_eval_pairs,

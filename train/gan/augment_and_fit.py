@@ -6,9 +6,12 @@ images -> report. With `--ablation` the same segmenter and seed are also fitted 
 only and with every other painter, and the report puts the arms side by side.
 
 The protocol is the label-curve study's (`train label-curve`): every arm makes the same
-number of passes over the same real images; synthetic arms add `synthetic_per_batch`
-synthetic crops on top of each real batch. With a time budget, the first arm (the chosen
-method) decides the epochs within it and the other arms run that many.
+number of passes over the same real images. With `--schedule mix` synthetic arms add
+`synthetic_per_batch` synthetic crops on top of each real batch; with
+`--schedule pretrain-finetune` they first fit on the synthetic pairs alone (as many
+synthetic crops as mixing would show), then fine-tune on the real images with no
+synthetic crops. With a time budget, the first arm (the chosen method) decides the
+epochs within it and the other arms run that many.
 
 The real data live in one mask folder, RUN/data/real/ (`train`: the labelled real images,
 symbolic links when the input is a mask folder, so no pixel is re-encoded; `val`: the
@@ -20,6 +23,7 @@ seeded rule as `train fit --labelled-fraction`, so all arms see exactly the same
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -34,11 +38,16 @@ ARM_REAL = "real"
 METHOD_ARMS = {"copy-paste": "real+copy-paste", "gan": "real+gan", "gan-blend": "real+gan-blend"}
 # The default painter, from the label-curve study on NEU-Seg (train/README.md has the numbers).
 DEFAULT_METHOD = "gan-blend"
+SCHEDULES = ("mix", "pretrain-finetune")
+DEFAULT_SCHEDULE = "mix"
 # From train/studies/neu-label-curve/2-masked-discriminator (NEU-Seg, 3 seeds per cell):
 # the largest mean paired mIoU gain over real-only at 5% and 10% labels. Not a proven win.
 METHOD_WHY = ("largest mean paired mIoU gain over real-only in the NEU-Seg label-curve studies "
               "(5 seeds: +0.019 at 5%/10% labels vs copy-paste +0.015; z 5.0 at 10%), but no arm met "
               "the studies' goal: the gain over copy-paste is within seed noise")
+
+
+SCHEDULE_WHY = "not yet measured: mix is what every label-curve study before the schedule lever used"
 
 
 @dataclass
@@ -48,7 +57,8 @@ class AugmentConfig:
     generator: str | None = None  # a `train gan` run to reuse instead of fitting one
     count: int = 300  # synthetic pairs per synthetic arm
     method: str = DEFAULT_METHOD  # copy-paste | gan | gan-blend
-    synthetic_per_batch: int = 4  # synthetic crops on top of each batch of real ones
+    synthetic_per_batch: int = 4  # synthetic crops on top of each batch of real ones (mix), or the pre-training's share
+    schedule: str = DEFAULT_SCHEDULE  # mix | pretrain-finetune
     labelled_fraction: float = 1.0
     seed: int = 0
     ablation: bool = False
@@ -78,6 +88,8 @@ class AugmentConfig:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHOD_ARMS)}")
         if self.synthetic_per_batch < 1:
             raise ValueError(f"synthetic_per_batch must be >= 1, got {self.synthetic_per_batch}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,25 +225,45 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     for method, items in synth.items():
         syn_folders[method] = out / "data" / f"synthetic-{method}"
         build_arm_folder(syn_folders[method], None, None, items, classes)
-    arms = [(METHOD_ARMS[m], m) for m in methods] + ([(ARM_REAL, None)] if cfg.ablation else [])
+    calib_folder = out / "data" / "calibration"  # the held-out half of a pre-training data set
+    build_arm_folder(calib_folder, None, fit_val, [], classes)
+    pretrain = cfg.schedule == "pretrain-finetune"
+    arms = [(METHOD_ARMS[m] + ("-pretrain" if pretrain else ""), m) for m in methods] + ([(ARM_REAL, None)] if cfg.ablation else [])
+    share = cfg.synthetic_per_batch / (cfg.fit_batch_size + cfg.synthetic_per_batch)
     results = {}
     epochs, budget = cfg.fit_epochs, cfg.fit_time_budget_min
+    steps_per_epoch = max(1, len(labelled) // cfg.fit_batch_size)
     for arm, method in arms:
         run = out / "runs" / arm.replace("+", "_")
         n_syn = len(synth[method]) if method else 0
-        console.print(f"[bold]arm {arm}[/]: fitting on {len(labelled)} real images" + (f" + {cfg.synthetic_per_batch} of {n_syn} synthetic per batch" if method else ""))
+        common = dict(size=cfg.size, batch_size=cfg.fit_batch_size, crop_width=cfg.crop_width, crop_height=cfg.crop_height,
+                      seed=cfg.seed, threads=cfg.threads, device=cfg.device)
+        init, pre_seconds = None, 0.0
+        if method and pretrain:
+            # As many synthetic crops as mixing shows over the same real passes (or that share of a budget).
+            pre_steps = math.ceil(epochs * steps_per_epoch * cfg.synthetic_per_batch / cfg.fit_batch_size)
+            pre_epochs = max(1, math.ceil(pre_steps / max(1, n_syn // cfg.fit_batch_size)))
+            console.print(f"[bold]arm {arm}[/]: pre-training on {n_syn} synthetic pairs")
+            pre = fit(FitConfig(data=[str(syn_folders[method]), str(calib_folder)], out=str(run / "pretrain"),
+                                epochs=pre_epochs, time_budget_min=budget * share if budget else None,
+                                val_every=10**6, **common))
+            init, pre_seconds = str(run / "pretrain"), float(pre.get("train_seconds") or 0.0)
+            budget = budget * (1 - share) if budget else None
+        mixed = bool(method) and not pretrain
+        console.print(f"[bold]arm {arm}[/]: fitting on {len(labelled)} real images" + (f" + {cfg.synthetic_per_batch} of {n_syn} synthetic per batch" if mixed else ""))
         fit_metrics = fit(FitConfig(
-            data=str(real_folder), out=str(run), size=cfg.size, epochs=epochs, time_budget_min=budget,
-            batch_size=cfg.fit_batch_size, crop_width=cfg.crop_width, crop_height=cfg.crop_height, seed=cfg.seed,
-            threads=cfg.threads, device=cfg.device, synthetic_data=str(syn_folders[method]) if method else None,
-            synthetic_per_batch=cfg.synthetic_per_batch if method else 0,
+            data=str(real_folder), out=str(run), epochs=epochs, time_budget_min=budget, init_weights=init,
+            synthetic_data=str(syn_folders[method]) if mixed else None, synthetic_per_batch=cfg.synthetic_per_batch if mixed else 0,
+            **common,
         ))
         epochs, budget = int(fit_metrics["epochs_run"]), None  # the other arms: the same real passes
         ev = evaluate(run, eval_folder, "val", out=run)
         results[arm] = {
             "run": str(run), "method": method, "real_images": len(labelled), "synthetic_images": n_syn,
-            "synthetic_share_of_batch": round(cfg.synthetic_per_batch / (cfg.fit_batch_size + cfg.synthetic_per_batch), 4) if method else 0.0,
-            "epochs_run": fit_metrics.get("epochs_run"), "train_seconds": fit_metrics.get("train_seconds"),
+            "schedule": cfg.schedule if method else "real",
+            "synthetic_share_of_batch": round(share, 4) if mixed else 0.0,
+            "epochs_run": fit_metrics.get("epochs_run"), "train_seconds": (fit_metrics.get("train_seconds") or 0.0) + pre_seconds,
+            "pretrain_seconds": pre_seconds,
             "metrics": {k: ev[k] for k in ("competition_dice", "per_class_dice", "per_class_dice_present", "mean_dice_present",
                                            "per_class_iou", "mean_iou", "miou_incl_background", "n_images")},
         }
@@ -280,7 +312,7 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     result = {
         "data": cfg.data, "labelled_fraction": cfg.labelled_fraction, "labelled_images": len(labelled), "seed": cfg.seed,
         "eval_split": how, "eval_images": len(held_ds), "classes": list(classes), "arms": results, "verdict": verdict,
-        "method": cfg.method, "method_why": METHOD_WHY,
+        "method": cfg.method, "method_why": METHOD_WHY, "schedule": cfg.schedule, "schedule_why": SCHEDULE_WHY,
         "generator": str(gen_run) if gen_run else None, "gan_metrics": gan_metrics, "quality_segmenter_features": seg_quality, "shape_bank": bank.summary(), "pictures": pictures,
         "fit_val_images": len(fit_val),
         "calibration_note": (f"each arm's best epoch and thresholds/min areas come from `train fit` on {len(fit_val)} of the "

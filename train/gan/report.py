@@ -92,8 +92,10 @@ def write_report(out: Path, result: dict) -> None:
         f"({result['labelled_images']} labelled training images, seed {result['seed']}); "
         f"evaluated on {result['eval_images']} held-out real images ({result['eval_split']}).",
         "",
-        f"Painter: **{result.get('method')}** ({result.get('method_why')}). Every arm makes the same passes over the "
-        "real images; synthetic arms add synthetic crops on top of each real batch (share below).",
+        f"Painter: **{result.get('method')}** ({result.get('method_why')}). Schedule: **{result.get('schedule', 'mix')}** "
+        f"({result.get('schedule_why', '')}). Every arm makes the same passes over the real images; with `mix` synthetic "
+        "arms add synthetic crops on top of each real batch (share below), with `pretrain-finetune` they first fit on the "
+        "synthetic pairs alone (time included in train s), then fine-tune on the real ones.",
         "",
         "| arm | real + synthetic images | synthetic share of a batch | epochs | train s | mIoU incl. background | Dice present (mean) "
         "| competition Dice | " + " | ".join(f"Dice {c}" for c in classes) + " |",
