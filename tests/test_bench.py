@@ -165,3 +165,23 @@ def test_torch_plugin_times_the_same_weights_it_exported(tmp_path):
     out = c.run(np.zeros((2, 1, 32, 64), np.float32))
     assert out.shape == (2, 2, 32, 64) and out.dtype == np.float32
     assert isinstance(c, TorchContender)
+
+
+def test_cameras_bench_serves_every_camera_and_accounts_for_every_frame(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from inspect_edge.bench.cli import app as bench_app
+
+    out = tmp_path / "cb"
+    r = CliRunner().invoke(bench_app, ["--model", str(tiny), "--cameras", "1,2", "--camera-fps", "4",
+                                       "--cameras-seconds", "1.5", "--threads", "1", "--frame", "96x320", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    record = json.loads((out / "cameras.json").read_text())
+    assert [(row["cameras"], row["phase"]) for row in record["rows"]] == [(1, "aligned"), (2, "aligned"), (2, "staggered")]
+    for row in record["rows"]:
+        assert sorted(row["per_camera"]) == [f"cam{k}" for k in range(row["cameras"])]
+        for cam in row["per_camera"].values():
+            # Every captured frame is processed or dropped for a stated reason.
+            assert cam["processed"] >= 3 and cam["captured"] == cam["processed"] + sum(cam["dropped"].values())
+            assert cam["age_ms"]["p99"] >= cam["age_ms"]["p50"] > 0
+    assert "| 2 | staggered |" in (out / "cameras.md").read_text()
