@@ -52,6 +52,7 @@ def test_three_cameras_keep_running_while_a_fourth_dies_and_comes_back(tmp_path,
             assert all(m[("inspect_edge_camera_up", (("camera", n),))] == 1 for n in names[:3])
             r = client.get("/readyz")  # one camera down does not make the line unready
             assert r.status_code == 200 and "flaky" in r.json()["reason"] and "1 of 4" in r.json()["reason"], r.json()
+            assert not r.json()["cameras"]["flaky"]["delivering"] and r.json()["cameras"]["cam0"]["delivering"]
             time.sleep(1.0)
             later = processed()
             assert all(later[n] > during[n] for n in names[:3]), (during, later)  # the others keep being processed

@@ -90,7 +90,11 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         ok, reason = service.readiness()
-        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+        cameras = {}
+        for name in service.cameras:
+            delivering, why = service.camera_state(name)
+            cameras[name] = {"delivering": delivering, "reason": why}
+        return JSONResponse({"ready": ok, "reason": reason, "cameras": cameras}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     def metrics() -> Response:
