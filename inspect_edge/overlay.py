@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 
@@ -51,6 +53,22 @@ def render_overlay(gray: np.ndarray, masks: np.ndarray, defects: list[Defect], a
             cv2.putText(img, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
             cv2.putText(img, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _bgr(d.class_index), 1, cv2.LINE_AA)
     return img
+
+
+def render_preview(gray: np.ndarray, masks: np.ndarray, defects: list[Defect], max_width: int | None) -> np.ndarray:
+    """The overlay for the live stream: drawn on the frame scaled down to `max_width` first, so
+    a wide strip costs a fraction of the drawing and encoding (evidence keeps the full frame)."""
+    h, w = gray.shape[:2]
+    if not max_width or w <= max_width:
+        return render_overlay(gray, masks, defects)
+    s = max_width / w
+    size = (max_width, max(1, round(h * s)))
+    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    small_masks = np.stack([cv2.resize(m.view(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in masks]) \
+        if len(masks) else masks
+    scaled = [dataclasses.replace(d, bbox=tuple(max(0, round(v * s)) for v in d.bbox[:2]) +
+                                  tuple(max(1, round(v * s)) for v in d.bbox[2:])) for d in defects]
+    return render_overlay(small, small_masks, scaled)
 
 
 def label_positions(defects: list[Defect], shape: tuple[int, int]) -> list[tuple[Defect, str, tuple[int, int]]]:

@@ -286,3 +286,27 @@ def test_metrics_follow_prometheus_naming_and_use_histograms(tmp_path, model):
     assert families["inspect_edge_camera_reconnects"].type == "counter"
     # A second service in the same process gets its own registry.
     assert ServiceMetrics().registry is not metrics.registry
+
+
+def test_live_stream_preview_is_scaled_down_and_the_snapshot_is_not():
+    from inspect_edge.pipeline import STAGES, FrameResult
+    from inspect_edge.postprocess import Defect
+    from inspect_edge.server.live import LiveView
+
+    image = np.full((256, 1600), 120, np.uint8)
+    masks = np.zeros((2, 256, 1600), bool)
+    masks[0, 100:140, 800:1000] = True
+    image[masks[0]] = 30
+    d = Defect(class_index=0, class_name="dark", area_px=8000, bbox=(800, 100, 200, 40), peak_prob=0.9, frame_time=0.0)
+    live = LiveView(preview_max_width=800)
+    live(FrameResult(seq=1, capture_time=0.0, image=image, masks=masks, defects=[d], stage_s=dict.fromkeys(STAGES, 0.0),
+                     latency_s=0.01, area_share=(0.0, 0.0), tiles=1, track_ids=[1]))
+    preview = cv2.imdecode(np.frombuffer(live.latest_jpeg("main", preview=True)[1], np.uint8), cv2.IMREAD_COLOR)
+    full = cv2.imdecode(np.frombuffer(live.latest_jpeg("main")[1], np.uint8), cv2.IMREAD_COLOR)
+    assert preview.shape[:2] == (128, 800) and full.shape[:2] == (256, 1600)
+    # The defect is drawn where it is, at the preview's scale: its tint and box sit at half the coordinates.
+    inside, outside = preview[55:65, 420:480].astype(int), preview[10:20, 100:200].astype(int)
+    assert abs(inside[..., 2] - inside[..., 0]).mean() > 40 and abs(outside[..., 2] - outside[..., 0]).mean() < 10
+    assert live.encodes == 2
+    live.latest_jpeg("main", preview=True)
+    assert live.encodes == 2  # cached per frame and kind

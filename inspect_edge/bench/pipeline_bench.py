@@ -101,6 +101,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
                        cfg: PipelineBenchConfig = PipelineBenchConfig(),
                        log: Callable[[str], None] = print) -> dict:
     from inspect_edge.backends import open_backend
+    from inspect_edge.config import ServerConfig
     from inspect_edge.metrics import ServiceMetrics
     from inspect_edge.pipeline import InspectionPipeline
     from inspect_edge.server.live import LiveView
@@ -118,7 +119,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
 
     source = ReplaySource(frames, source_fps)
     capture = LatestFrameCapture(source)
-    metrics, live = ServiceMetrics(), LiveView()
+    metrics, live = ServiceMetrics(), LiveView(preview_max_width=ServerConfig().preview_max_width)
     sink_s: dict[str, list[float]] = {"metrics": [], "live_view": []}
     records: list[tuple[float, dict, float]] = []   # (done monotonic, stage seconds, capture-to-result)
     pipeline: InspectionPipeline
@@ -146,7 +147,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
         last = 0
         while not viewer_stop.wait(1.0 / cfg.viewer_fps):
             t0 = time.perf_counter()
-            live.latest_jpeg("main")
+            live.latest_jpeg("main", preview=True)  # what the live page's stream asks for
             if live.encodes != last:
                 last = live.encodes
                 encode_s.append(time.perf_counter() - t0)

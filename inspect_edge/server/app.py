@@ -218,7 +218,7 @@ async def _mjpeg(service: InspectionService, camera: str):
         if latest is None or latest.seq == last_seq:
             await asyncio.sleep(min(interval, 0.05))
             continue
-        item = await run_in_threadpool(live.latest_jpeg, camera)
+        item = await run_in_threadpool(live.latest_jpeg, camera, True)
         last_seq, jpeg = item
         yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
                f"X-Frame-Seq: {last_seq}\r\n\r\n").encode() + jpeg + b"\r\n"

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from inspect_edge.events import iso
-from inspect_edge.overlay import class_color_rgb, encode_jpeg, render_overlay
+from inspect_edge.overlay import class_color_rgb, encode_jpeg, render_overlay, render_preview
 from inspect_edge.pipeline import STAGES, FrameResult
 
 
@@ -31,15 +31,16 @@ class RecentDefect:
 
 class LiveView:
     def __init__(self, jpeg_quality: int = 80, recent_window_s: float = 300.0,
-                 recent_interval_s: float = 1.0, keep_recent: int = 100) -> None:
+                 recent_interval_s: float = 1.0, keep_recent: int = 100, preview_max_width: int | None = None) -> None:
         self.jpeg_quality = jpeg_quality
+        self.preview_max_width = preview_max_width
         self.recent_window_s = recent_window_s
         self.recent_interval_s = recent_interval_s
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
         self._latest: FrameResult | None = None             # of any camera
         self._by_camera: dict[str, FrameResult] = {}
-        self._jpeg: dict[str, tuple[int, bytes]] = {}
+        self._jpeg: dict[tuple[str, bool], tuple[int, bytes]] = {}  # (camera, preview) -> (seq, JPEG)
         self.encodes = 0                                    # how many frames were JPEG-encoded
         self._latency = deque(maxlen=300)
         self._camera_latency: dict[str, deque] = {}
@@ -95,16 +96,20 @@ class LiveView:
     def latest_of(self, camera: str) -> FrameResult | None:
         return self._by_camera.get(camera)
 
-    def latest_jpeg(self, camera: str) -> tuple[int, bytes] | None:
-        """(frame seq, JPEG of the camera's newest annotated frame), encoded once per frame."""
+    def latest_jpeg(self, camera: str, preview: bool = False) -> tuple[int, bytes] | None:
+        """(frame seq, JPEG of the camera's newest annotated frame), encoded once per frame; the
+        preview (the live stream) at most `preview_max_width` wide, the snapshot at full size."""
         result = self._by_camera.get(camera)
         if result is None:
             return None
         with self._encode_lock:
-            cached = self._jpeg.get(camera)
+            cached = self._jpeg.get((camera, preview))
             if cached is None or cached[0] != result.seq:
-                img = render_overlay(result.image, result.masks, result.defects)
-                cached = self._jpeg[camera] = (result.seq, encode_jpeg(img, self.jpeg_quality))
+                if preview:
+                    img = render_preview(result.image, result.masks, result.defects, self.preview_max_width)
+                else:
+                    img = render_overlay(result.image, result.masks, result.defects)
+                cached = self._jpeg[(camera, preview)] = (result.seq, encode_jpeg(img, self.jpeg_quality))
                 self.encodes += 1
             return cached
 

@@ -59,7 +59,7 @@ class InspectionService:
         self.metrics = ServiceMetrics()
         self.events = EventRecorder(self.run_dir, cfg.events, cfg.tracking)
         sv = cfg.server
-        self.live = LiveView(sv.jpeg_quality, sv.recent_window_s, sv.recent_interval_s)
+        self.live = LiveView(sv.jpeg_quality, sv.recent_window_s, sv.recent_interval_s, preview_max_width=sv.preview_max_width)
         m = cfg.model
         self.swap = ModelSwap(self._open_candidate, fit=m.fit, overlap=m.tile_overlap, shadow_every=m.shadow_every,
                               auto_after=m.auto_promote_after, auto_min_dice=m.auto_promote_min_dice,
