@@ -147,7 +147,8 @@ def run(
         logging.getLogger("inspect_edge").warning(
             "listening on %s: live video, snapshots and stats are open to anyone who can reach this port; "
             "put it behind a reverse proxy with TLS and authentication (deploy/README.md)", host)
-    typer.echo(f"inspect-edge: serving {cfg.source.spec} on http://{host}:{port}  (run folder {cfg.out})")
+    what = cfg.source.spec if not cfg.cameras else ", ".join(f"{c.name}={c.spec}" for c in cfg.cameras)
+    typer.echo(f"inspect-edge: serving {what} on http://{host}:{port}  (run folder {cfg.out})")
     server = InspectionServer(app_, host, port)
     # uvicorn re-raises the stop signal after its clean shutdown; with this handler
     # installed first, SIGTERM then ends the process with status 0 like Ctrl-C.

@@ -63,7 +63,7 @@ def validation_problems(e: ValidationError) -> list[str]:
     out = []
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         out.append(f"{key}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing")
                                       and not isinstance(err.get("input"), (dict, list)) else ""))
     return out
