@@ -9,7 +9,10 @@ synthetic arm *beats real-only* on a metric when the mean of its paired per-seed
 differences to real-only is larger than 2 standard deviations of those differences
 (needs at least 2 seeds); it *does not lose competition Dice* when that mean difference
 is not below zero by more than 2 standard deviations; it *beats copy-paste* when its
-paired difference to copy-paste is positive on both headline metrics.
+paired differences to copy-paste (the copy-paste arm of its own schedule) also exceed
+2 standard deviations on both mIoU incl. background and Dice on present images, the
+margin over seed noise the goal asks for; *ahead of copy-paste* (reported, decides
+nothing) when those mean differences are merely positive.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def _beats(p: dict | None) -> bool:
 
 def verdicts(agg: dict) -> dict:
     """Per target fraction and synthetic arm: the decision rule's answers, and overall."""
-    res = {}
+    res, ahead = {}, {}
     for key, e in agg.items():
         if e["arm"] == "real" or "vs_real" not in e:
             continue
@@ -98,13 +101,15 @@ def verdicts(agg: dict) -> dict:
             "beats_real_miou": _beats(vr["miou_incl_background"]),
             "beats_real_dice_present": _beats(vr["mean_dice_present"]),
             "keeps_competition_dice": bool(comp and comp["sd"] is not None and comp["mean"] >= -2 * comp["sd"]),
-            "beats_copy_paste": bool(vc and all(vc[m] and vc[m]["mean"] > 0 for m in ("miou_incl_background", "mean_dice_present"))),
+            "beats_copy_paste": bool(vc and all(_beats(vc[m]) for m in ("miou_incl_background", "mean_dice_present"))),
         }
+        if vc:
+            ahead[key] = all(vc[m] and vc[m]["mean"] > 0 for m in ("miou_incl_background", "mean_dice_present"))
     goal = {}
     for f in TARGET_FRACTIONS:
         arms = [v for k, v in res.items() if k.startswith(fraction_tag(f) + "/") and is_gan_based(k.split("/", 1)[1])]
         goal[f"{f:g}"] = any(all(v.values()) for v in arms)
-    return {"per_arm": res, "goal_met_at": goal, "goal_met": bool(goal) and all(goal.values())}
+    return {"per_arm": res, "ahead_of_copy_paste": ahead, "goal_met_at": goal, "goal_met": bool(goal) and all(goal.values())}
 
 
 def best_method(agg: dict) -> tuple[str, str]:
@@ -297,8 +302,9 @@ def render_markdown(r: dict) -> str:
              f"Cells done: {r['cells_done']}" + (f"; missing: {', '.join(r['cells_missing'])}" if r["cells_missing"] else "; none missing."), "",
              "Decision rule: a synthetic arm beats real-only on a metric when the mean paired per-seed difference exceeds "
              "2 standard deviations of those differences; it keeps competition Dice when that difference is not below 0 "
-             "by more than 2 sd; it beats copy-paste when its paired differences to copy-paste are positive on both "
-             "mIoU incl. background and Dice on present images.", ""]
+             "by more than 2 sd; it beats copy-paste when its paired differences to the copy-paste arm of its own schedule "
+             "also exceed 2 sd on both mIoU incl. background and Dice on present images (merely positive means are "
+             "reported as 'ahead of copy-paste' and decide nothing).", ""]
     fractions = sorted({e["fraction"] for e in agg.values()})
     for f in fractions:
         rows = [e for e in agg.values() if e["fraction"] == f]
@@ -323,10 +329,12 @@ def render_markdown(r: dict) -> str:
     v = r["verdict"]
     lines += ["## Verdict", ""]
     for key, d in v["per_arm"].items():
-        lines.append(f"- {key}: " + ", ".join(f"{k.replace('_', ' ')}: {'yes' if val else 'no'}" for k, val in d.items()))
+        ahead = v.get("ahead_of_copy_paste", {}).get(key)
+        lines.append(f"- {key}: " + ", ".join(f"{k.replace('_', ' ')}: {'yes' if val else 'no'}" for k, val in d.items())
+                     + ("" if ahead is None or d["beats_copy_paste"] else f" (ahead of copy-paste on average: {'yes' if ahead else 'no'})"))
     goal = "MET" if v["goal_met"] else "NOT MET"
     lines += ["", f"**Goal (a GAN-based arm beats real-only by > 2 sd on mIoU and Dice present at 5% and 10%, keeps competition Dice, "
-              f"beats copy-paste): {goal}** (per fraction: {v['goal_met_at']}).", "",
+              f"beats copy-paste by > 2 sd on both): {goal}** (per fraction: {v['goal_met_at']}).", "",
               f"Best synthetic method by mean paired mIoU gain: **{r['best_method']}** ({r['best_method_why']}).", ""]
     if r["gan_metrics"]:
         lines += ["## The generators (held-out real defects of each fraction's validation subset)", "",
