@@ -96,7 +96,7 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     stream_fps: float = Field(15.0, gt=0, description="frame rate cap of /stream.mjpg per viewer")
     jpeg_quality: int = Field(80, ge=10, le=100)
-    preview_max_width: int | None = Field(1024, ge=64, description="the live stream is scaled down to this width before it is drawn and encoded (None: full size; /snapshot.jpg and evidence stay full size)")
+    preview_max_width: int | None = Field(800, ge=64, description="the live stream is scaled down to this width before it is drawn and encoded (None: full size; /snapshot.jpg and evidence stay full size)")
     recent_window_s: float = Field(300.0, gt=0, description="'defects in the last minutes' window")
     recent_interval_s: float = Field(1.0, ge=0, description="at most one recent-defect entry per class per interval")
     auth_token: SecretStr | None = Field(None, description="bearer token required on every endpoint but /healthz and /readyz (written to config.json masked)")

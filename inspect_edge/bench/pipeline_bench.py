@@ -34,6 +34,7 @@ class PipelineBenchConfig:
     viewer_fps: float = 15.0       # one live-page viewer (the service's default stream cap)
     fit: str = "tile"
     backend: str = "onnxruntime"
+    preview_max_width: int | None = 800  # the live stream's width cap (the service's server.preview_max_width)
 
 
 class ReplaySource(Source):
@@ -101,7 +102,6 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
                        cfg: PipelineBenchConfig = PipelineBenchConfig(),
                        log: Callable[[str], None] = print) -> dict:
     from inspect_edge.backends import open_backend
-    from inspect_edge.config import ServerConfig
     from inspect_edge.metrics import ServiceMetrics
     from inspect_edge.pipeline import InspectionPipeline
     from inspect_edge.server.live import LiveView
@@ -119,7 +119,7 @@ def run_pipeline_bench(model_path: str | Path, frames: Sequence[np.ndarray], thr
 
     source = ReplaySource(frames, source_fps)
     capture = LatestFrameCapture(source)
-    metrics, live = ServiceMetrics(), LiveView(preview_max_width=ServerConfig().preview_max_width)
+    metrics, live = ServiceMetrics(), LiveView(preview_max_width=cfg.preview_max_width)
     sink_s: dict[str, list[float]] = {"metrics": [], "live_view": []}
     records: list[tuple[float, dict, float]] = []   # (done monotonic, stage seconds, capture-to-result)
     pipeline: InspectionPipeline
