@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from helpers_gan_data import CLASSES, make_mask_folder
 from inspect_edge.data import open_dataset
 from train.cli import app
-from train.gan.augment_and_fit import DEFAULT_METHOD
+from train.gan.augment_and_fit import DEFAULT_METHOD, DEFAULT_SCHEDULE
 
 torch.set_num_threads(1)
 
@@ -32,7 +32,8 @@ def ablation_run(tmp_path_factory):
     return data, out
 
 
-ARMS = ["real+gan", "real+copy-paste", "real+gan-blend", "real"]  # the default method first: it sets the epochs
+SUFFIX = "-pretrain" if DEFAULT_SCHEDULE == "pretrain-finetune" else ""  # arms are named after the default schedule
+ARMS = [f"real+{m}{SUFFIX}" for m in ("gan", "copy-paste", "gan-blend")] + ["real"]
 
 
 def test_ablation_writes_every_output(ablation_run):
@@ -46,7 +47,9 @@ def test_ablation_writes_every_output(ablation_run):
         assert 0.0 <= m["miou_incl_background"] <= 1.0
         assert set(m["per_class_dice"]) == set(CLASSES)
         assert res["real_images"] == 5 and res["synthetic_images"] == (0 if arm == "real" else 4)
-        assert res["synthetic_share_of_batch"] == (0.0 if arm == "real" else round(4 / (4 + 4), 4))
+        mixed = arm != "real" and DEFAULT_SCHEDULE == "mix"  # pre-trained arms see no synthetic crop in their real batches
+        assert res["synthetic_share_of_batch"] == (round(4 / (4 + 4), 4) if mixed else 0.0)
+        assert res["schedule"] == ("real" if arm == "real" else DEFAULT_SCHEDULE)
         assert res["epochs_run"] == 1  # same real passes for every arm
         run = out / "runs" / arm.replace("+", "_")
         for name in ("best.pt", "model_info.json", "evaluation.json", "metrics.json"):
@@ -85,10 +88,16 @@ def test_arms_share_real_labels_and_held_out_images(ablation_run):
     eval_ids = open_dataset(out / "data" / "eval", split="val").ids  # what every arm is scored on
     assert eval_ids == open_dataset(data, split="val").ids
     assert len(real_ids) == 5 and len(val_ids) == 3 and set(val_ids) < set(eval_ids)
-    for arm in ("real_gan", "real_copy-paste", "real_gan-blend", "real"):
+    for arm in [a.replace("+", "_") for a in ARMS]:
         cfg = json.loads((out / "runs" / arm / "config.json").read_text())
         assert cfg["data"] == str(out / "data" / "real")  # every arm fits on the same real folder
-        assert (cfg["synthetic_data"] is None) == (arm == "real")
+        if DEFAULT_SCHEDULE == "mix":
+            assert (cfg["synthetic_data"] is None) == (arm == "real")
+        else:  # synthetic pairs only in the pre-training, which calibrates on the same held-out images
+            assert cfg["synthetic_data"] is None and (cfg["init_weights"] is None) == (arm == "real")
+            if arm != "real":
+                pre = json.loads((out / "runs" / arm / "pretrain" / "config.json").read_text())
+                assert pre["data"][0].startswith(str(out / "data" / "synthetic-"))
     synthetic = {}
     for method in ("copy-paste", "gan", "gan-blend"):
         folder = out / "data" / f"synthetic-{method}"
@@ -113,7 +122,7 @@ def test_reusing_a_generator_skips_gan_training(ablation_run, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((out2 / "report.json").read_text())
     assert not (out2 / "gan").exists()
-    assert list(report["arms"]) == [f"real+{DEFAULT_METHOD}"] and report["verdict"] is None
+    assert list(report["arms"]) == [f"real+{DEFAULT_METHOD}{SUFFIX}"] and report["verdict"] is None
     assert report["generator"] == str(out / "gan") and report["gan_metrics"]["pairs"] == 6
 
 
@@ -123,7 +132,7 @@ def test_copy_paste_needs_no_generator(tmp_path):
     r = CliRunner().invoke(app, ["augment-and-fit", "--data", str(data), "--out", str(out), "--method", "copy-paste", *TINY])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
-    assert list(report["arms"]) == ["real+copy-paste"] and report["generator"] is None and not (out / "gan").exists()
+    assert list(report["arms"]) == [f"real+copy-paste{SUFFIX}"] and report["generator"] is None and not (out / "gan").exists()
 
 
 def test_unknown_method_is_refused(tmp_path):
