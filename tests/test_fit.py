@@ -312,3 +312,19 @@ def test_init_weights_starts_from_another_run_and_refuses_another_architecture(t
         fit(tiny_cfg(tiny_data, tmp_path / "other", epochs=1, size="small", init_weights=str(src)), progress=False)
     with pytest.raises(ValueError, match="exclude each other"):
         tiny_cfg(tiny_data, tmp_path / "both", resume=str(src), init_weights=str(src))
+
+
+def test_pos_weight_counts_defect_pixels_more_and_must_match_the_classes(tiny_data, tmp_path):
+    import torch.nn.functional as F
+
+    from train.fit import fit
+    from train.losses import BceDiceLoss, soft_dice_loss
+
+    logits = torch.randn(2, 2, 8, 8)
+    target = (torch.rand(2, 2, 8, 8) > 0.9).float()
+    weighted = BceDiceLoss(pos_weight=(10.0, 1.0))(logits, target)
+    by_hand = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor([10.0, 1.0]).view(2, 1, 1))
+    assert weighted.item() == pytest.approx((by_hand + soft_dice_loss(logits, target)).item(), rel=1e-6)
+    assert weighted.item() > BceDiceLoss()(logits, target).item()
+    with pytest.raises(ValueError, match="pos_weight has 3 value"):
+        fit(tiny_cfg(tiny_data, tmp_path / "pw", epochs=1, pos_weight=[1.0, 2.0, 3.0]), progress=False)

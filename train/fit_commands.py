@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         val_fraction: float = typer.Option(0.2, "--val-fraction", help="Seeded hold-out when the data set has no 'val' split."),
         labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Fraction of training images kept (seeded)."),
         defect_crop_prob: float = typer.Option(0.5, "--defect-crop-prob", help="Share of training crops placed over a defect."),
+        pos_weight: Optional[str] = typer.Option(None, "--pos-weight", help="Per class, comma-separated: weight of a defect pixel in the BCE term (e.g. 20,20,1,1 for thin pits and cracks)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per process."),
     ) -> None:
@@ -41,6 +42,7 @@ def register(app: typer.Typer) -> None:
                 batch_size=batch_size, crop_width=crop_width, crop_height=crop_height, lr=lr, seed=seed,
                 workers=workers, resume=str(resume) if resume else None, init_weights=str(init_weights) if init_weights else None, split=split, val_fraction=val_fraction,
                 labelled_fraction=labelled_fraction, device=device, threads=threads, defect_crop_prob=defect_crop_prob,
+                pos_weight=_weights(pos_weight),
             )
             from train.model import SIZES
 
@@ -101,3 +103,12 @@ def _f(v) -> str:
 
 
 
+
+
+def _weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--pos-weight: comma-separated numbers, one per class, got {text!r}") from None

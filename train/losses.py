@@ -22,11 +22,17 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 class BceDiceLoss(torch.nn.Module):
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+    """`pos_weight` (one per class): how much a defect pixel of that class counts against a
+    background pixel in the BCE term; thin classes (pits, cracks) are a few pixels in a
+    frame of background, and unweighted BCE lets the model ignore them."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, pos_weight: tuple[float, ...] | None = None) -> None:
         super().__init__()
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32).view(-1, 1, 1))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=pw)
         return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target)
