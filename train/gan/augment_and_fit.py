@@ -157,6 +157,20 @@ def build_arm_folder(folder: Path, train_ds, held_ds, synthetic: list, classes) 
         (folder / "synthetic_manifest.json").write_text(json.dumps([s.record for s in synthetic], indent=1) + "\n")
 
 
+def pretrain_on_synthetic(synthetic: Path, calibration: Path, out: Path, steps: int, n_synthetic: int, *,
+                          time_budget_min: float | None = None, progress: bool = True, **fit_kwargs) -> float:
+    """The pre-train half of `pretrain-finetune`: about `steps` steps of synthetic crops alone,
+    calibrated on the held-out images in `calibration`; returns its training seconds. The
+    fine-tune then starts from `out` (`FitConfig.init_weights`)."""
+    from train.config import FitConfig
+    from train.fit import fit
+
+    epochs = max(1, math.ceil(steps / max(1, n_synthetic // fit_kwargs["batch_size"])))
+    fm = fit(FitConfig(data=[str(synthetic), str(calibration)], out=str(out), epochs=epochs,
+                       time_budget_min=time_budget_min, val_every=epochs, **fit_kwargs), progress=progress)
+    return float(fm.get("train_seconds") or 0.0)
+
+
 def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     from rich.console import Console
 
@@ -245,12 +259,10 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
         if method and pretrain:
             # As many synthetic crops as mixing shows over the same real passes (or that share of a budget).
             pre_steps = math.ceil(epochs * steps_per_epoch * cfg.synthetic_per_batch / cfg.fit_batch_size)
-            pre_epochs = max(1, math.ceil(pre_steps / max(1, n_syn // cfg.fit_batch_size)))
             console.print(f"[bold]arm {arm}[/]: pre-training on {n_syn} synthetic pairs")
-            pre = fit(FitConfig(data=[str(syn_folders[method]), str(calib_folder)], out=str(run / "pretrain"),
-                                epochs=pre_epochs, time_budget_min=budget * share if budget else None,
-                                val_every=10**6, **common))
-            init, pre_seconds = str(run / "pretrain"), float(pre.get("train_seconds") or 0.0)
+            pre_seconds = pretrain_on_synthetic(syn_folders[method], calib_folder, run / "pretrain", pre_steps, n_syn,
+                                                time_budget_min=budget * share if budget else None, **common)
+            init = str(run / "pretrain")
             budget = budget * (1 - share) if budget else None
         mixed = bool(method) and not pretrain
         console.print(f"[bold]arm {arm}[/]: fitting on {len(labelled)} real images" + (f" + {cfg.synthetic_per_batch} of {n_syn} synthetic per batch" if mixed else ""))

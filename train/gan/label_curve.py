@@ -206,17 +206,14 @@ class Study:
     def pretrain(self, f: float, arm: str, seed: int, run: Path) -> tuple[Path, float]:
         """Fit on the synthetic pairs alone (calibrated on the same held-out images); returns the
         run and its training seconds. As many synthetic crops as a mixed arm sees in all."""
-        from train.config import FitConfig
-        from train.fit import fit
+        from train.gan.augment_and_fit import pretrain_on_synthetic
 
         c = self.cfg
-        epochs = max(1, math.ceil(c.pretrain_steps / max(1, c.count // c.batch_size)))
-        fm = fit(FitConfig(
-            data=[str(self.synthetic_folder(f, arm_method(arm))), str(self.calibration_folder())], out=str(run), size=c.size,
-            epochs=epochs, batch_size=c.batch_size, crop_height=c.crop_height, crop_width=c.crop_width, lr=c.lr, seed=seed,
-            threads=c.threads, device=c.device, defect_crop_prob=c.defect_crop_prob, val_every=epochs,
-        ), progress=False)
-        return run, float(fm["train_seconds"])
+        seconds = pretrain_on_synthetic(
+            self.synthetic_folder(f, arm_method(arm)), self.calibration_folder(), run, c.pretrain_steps, c.count,
+            progress=False, size=c.size, batch_size=c.batch_size, crop_height=c.crop_height, crop_width=c.crop_width,
+            lr=c.lr, seed=seed, threads=c.threads, device=c.device, defect_crop_prob=c.defect_crop_prob)
+        return run, seconds
 
     def run_cell(self, f: float, arm: str, seed: int) -> dict:
         from train.config import FitConfig
