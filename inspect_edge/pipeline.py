@@ -180,15 +180,6 @@ class InspectionPipeline:
     def thread(self) -> SupervisedThread:
         return self._worker
 
-    @property
-    def camera_names(self) -> list[str]:
-        return list(self._cameras)
-
-    @property
-    def capture(self) -> LatestFrameCapture:
-        """The first camera's capture (the only one of a one-camera service)."""
-        return next(iter(self._cameras.values())).feed.capture
-
     def counts(self, camera: str | None = None) -> PipelineCounts:
         """One camera's counts, or all cameras' together."""
         with self._lock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 
-import httpx
 import pytest
 from helpers_mjpeg import FlakyMjpegCamera
 from helpers_net import wait_until

@@ -50,16 +50,10 @@ class DevTools:
         return r["result"].get("value")
 
 
-@pytest.fixture
-def served(tmp_path):
-    model = tmp_path / "dark.onnx"
-    build_dark_spot_model(model)
-    video = write_strip_video(tmp_path / "strip.avi", 60, height=160, width=640, fps=20)
-    cfg = ServiceConfig.model_validate({"source": {"spec": str(video), "loop": True},
-                                        "model": {"path": str(model), "threads": 1},
-                                        "server": {"recent_interval_s": 0.3}})
+def _serve(cfg: ServiceConfig, run_dir: Path):
+    """The app under uvicorn on 127.0.0.1 until the test ends; yields its base URL once ready."""
     port = free_port()
-    server = InspectionServer(create_app(cfg, run_dir=tmp_path / "run"), "127.0.0.1", port)
+    server = InspectionServer(create_app(cfg, run_dir=run_dir), "127.0.0.1", port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -68,6 +62,17 @@ def served(tmp_path):
     server.request_stop()
     thread.join(8)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def served(tmp_path):
+    model = tmp_path / "dark.onnx"
+    build_dark_spot_model(model)
+    video = write_strip_video(tmp_path / "strip.avi", 60, height=160, width=640, fps=20)
+    cfg = ServiceConfig.model_validate({"source": {"spec": str(video), "loop": True},
+                                        "model": {"path": str(model), "threads": 1},
+                                        "server": {"recent_interval_s": 0.3}})
+    yield from _serve(cfg, tmp_path / "run")
 
 
 @pytest.fixture
@@ -158,16 +163,7 @@ def served_cameras(tmp_path):
     cams.append({"name": "dead", "spec": "http://127.0.0.1:9/none.mjpg", "reconnect_initial_s": 0.5,
                  "open_timeout_s": 1})  # nothing listens on the discard port: this camera never delivers
     cfg = ServiceConfig.model_validate({"cameras": cams, "model": {"path": str(model), "threads": 1}})
-    port = free_port()
-    server = InspectionServer(create_app(cfg, run_dir=tmp_path / "run"), "127.0.0.1", port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(base + "/readyz").status_code == 200, 40, "service ready")
-    yield base
-    server.request_stop()
-    thread.join(8)
-    assert not thread.is_alive()
+    yield from _serve(cfg, tmp_path / "run")
 
 
 READ_GRID = """({

@@ -89,11 +89,9 @@ def create_app(cfg: ServiceConfig, *, run_dir: Path | None = None, backend_facto
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        ok, reason = service.readiness()
-        cameras = {}
-        for name in service.cameras:
-            delivering, why = service.camera_state(name)
-            cameras[name] = {"delivering": delivering, "reason": why}
+        states = service.camera_states()
+        ok, reason = service.readiness(states)
+        cameras = {name: {"delivering": delivering, "reason": why} for name, (delivering, why) in states.items()}
         return JSONResponse({"ready": ok, "reason": reason, "cameras": cameras}, status_code=200 if ok else 503)
 
     @app.get("/metrics")

@@ -148,13 +148,16 @@ class InspectionService:
             return False, f"source recovering: frames flowing for {flowing:.1f} s of {self.cfg.server.ready_recover_s:g} s"
         return True, "ok"
 
-    def readiness(self) -> tuple[bool, str]:
-        """Ready: the model is loaded and at least one camera delivers."""
+    def camera_states(self) -> dict[str, tuple[bool, str]]:
+        return {name: self.camera_state(name) for name in self.cameras}
+
+    def readiness(self, states: dict[str, tuple[bool, str]] | None = None) -> tuple[bool, str]:
+        """Ready: the model is loaded and at least one camera delivers (`states`: camera_states(), if already read)."""
         if self.pipeline.load_error:  # "model not loaded: ..." or "model refused: ..."
             return False, self.pipeline.load_error
         if not self.pipeline.ready.is_set():
             return False, "model loading"
-        states = {name: self.camera_state(name) for name in self.cameras}
+        states = states if states is not None else self.camera_states()
         if len(states) == 1:
             return next(iter(states.values()))
         down = [f"{name}: {why}" for name, (ok, why) in states.items() if not ok]
@@ -169,12 +172,12 @@ class InspectionService:
         return {"strip_metres": round(m, 2),
                 "per_metre": {c: (round(n / m, 4) if m > 0 else None) for c, n in pipe.defects.items()}}
 
-    def _camera_stats(self, name: str, classes: list[str]) -> dict:
+    def _camera_stats(self, name: str, classes: list[str], state: tuple[bool, str]) -> dict:
         cap = self.cameras[name]
         c, pipe = cap.counts(), self.pipeline.counts(name)
         dropped = dict(c.dropped)
         dropped["error"] = dropped.get("error", 0) + pipe.errors
-        ok, why = self.camera_state(name)
+        ok, why = state
         window, latest = self.live.window_counts(name), self.live.latest_of(name)
         return {
             "name": name, "spec": cap.source.spec, "kind": cap.source.kind, "roi": list(cap.roi) if cap.roi else None,
@@ -193,9 +196,10 @@ class InspectionService:
     def stats(self) -> dict:
         """Totals over the cameras at the top, then each camera; `source` is the first camera's (one-camera clients)."""
         pipe, info = self.pipeline.counts(), self.pipeline.info
-        ready, reason = self.readiness()
+        states = self.camera_states()
+        ready, reason = self.readiness(states)
         classes = list(info.classes) if info else []
-        cameras = [self._camera_stats(name, classes) for name in self.cameras]
+        cameras = [self._camera_stats(name, classes, states[name]) for name in self.cameras]
         dropped: dict[str, int] = {}
         for cam in cameras:
             for k, n in cam["frames"]["dropped"].items():
