@@ -93,3 +93,16 @@ def test_a_track_closes_as_soon_as_the_strip_has_carried_it_out_of_view():
     tracker.update(2, 0.0, [d(50, 40, 30, 10)], FRAME)
     u = tracker.update(3, 0.0, [], FRAME)  # carried to x = -50..-20: gone, 4 frames before max_missed
     assert [t.frames for t in u.closed] == [2] and tracker.open == []
+
+
+def test_the_strips_true_masks_give_one_event_per_defect_in_it():
+    from inspect_edge.bench.count_check import run
+    from inspect_edge.config import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip(f"no built-in model at {DEFAULT_MODEL}")
+    rows = run(60, DEFAULT_MODEL)
+    assert rows[-1]["class"] == "total" and rows[-1]["in_strip"] >= 1
+    # The counting itself (merge + tracker on the true masks) is exact, per class.
+    assert all(r["true_masks"] == r["in_strip"] for r in rows)
+    assert rows[-1]["true_masks_detections"] > rows[-1]["true_masks"]  # each defect is seen in several frames
