@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from inspect_edge.postprocess import Defect
 from inspect_edge.tracking import DefectTracker, merge_fragments
 
