@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from helpers_gan_data import make_mask_folder
+from inspect_edge.data import open_dataset
 from train.cli import app
 from train.gan.label_curve import nested_subsets
 from train.gan.label_curve_report import aggregate, best_method, verdicts
@@ -150,3 +151,34 @@ def test_pretrain_arm_fits_synthetic_alone_then_fine_tunes_on_real(tmp_path):
     assert fine["init_weights"] == str(run / "pretrain") and fine["synthetic_per_batch"] == 0
     assert sorted(i.split("/", 1)[1] for i in pre_split["val_ids"]) == sorted(json.loads((run / "split.json").read_text())["val_ids"])
     assert cell["real_steps"] == json.loads((out / "cells" / "f0.500" / "real" / "seed0.json").read_text())["real_steps"]
+
+
+def test_negatives_arms_pretrain_on_pairs_plus_erased_images_and_are_judged_against_every_copy_paste(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n_train=16, n_val=4)
+    out = tmp_path / "study"
+    tiny = [a if a != "real,copy-paste,gan-blend" else "real,copy-paste-pretrain,copy-paste-neg-pretrain,gan-blend-neg-pretrain" for a in TINY]
+    tiny[tiny.index("--fractions") + 1], tiny[tiny.index("--seeds") + 1] = "0.5", "0"
+    r = CliRunner().invoke(app, ["label-curve", "--data", str(data), "--out", str(out), *tiny, "--pretrain-steps", "3", "--negatives", "3"])
+    assert r.exit_code == 0, r.output
+    for arm, eraser in (("copy-paste-neg-pretrain", "telea"), ("gan-blend-neg-pretrain", "gan")):
+        cell = json.loads((out / "cells" / "f0.500" / arm / "seed0.json").read_text())
+        assert cell["negative_images"] == 3 and cell["synthetic_images"] == 4
+        pre_ids = json.loads((out / "runs" / "f0.500" / arm / "seed0" / "pretrain" / "split.json").read_text())["train_ids"]
+        assert sum(i.startswith(f"erase-{eraser}/") for i in pre_ids) == 3 and sum(not i.startswith("erase-") for i in pre_ids) == 4
+        neg = open_dataset(out / "synthetic" / "f0.500" / f"erase-{eraser}")
+        assert len(neg) == 3 and not any(neg[i].masks.any() for i in range(3))
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["aggregates"]["f0.500/gan-blend-neg-pretrain"]["vs_copy_paste"]) == {"copy-paste-pretrain", "copy-paste-neg-pretrain"}
+    assert "negatives.png" in report["pictures"].values() and cv2.imread(str(out / "negatives.png")) is not None
+
+
+def test_beating_copy_paste_means_beating_every_copy_paste_arm_of_the_schedule():
+    cells = []
+    for f in (0.05, 0.1):
+        for s, noise in zip((0, 1, 2), (-0.001, 0.0, 0.001)):
+            base = 0.7 + 0.01 * s
+            cells += [_cell(f, "real", s, base, base, 0.9), _cell(f, "copy-paste-pretrain", s, base + 0.005, base + 0.005, 0.9),
+                      _cell(f, "copy-paste-neg-pretrain", s, base + 0.03, base + 0.03, 0.9),
+                      _cell(f, "gan-blend-neg-pretrain", s, base + 0.03 + noise, base + 0.03 + noise, 0.9)]
+    v = verdicts(aggregate(cells))["per_arm"]["f0.050/gan-blend-neg-pretrain"]
+    assert v["beats_real_miou"] and not v["beats_copy_paste"]  # far ahead of one copy-paste arm, level with the other

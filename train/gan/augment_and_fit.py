@@ -157,7 +157,7 @@ def build_arm_folder(folder: Path, train_ds, held_ds, synthetic: list, classes) 
         (folder / "synthetic_manifest.json").write_text(json.dumps([s.record for s in synthetic], indent=1) + "\n")
 
 
-def pretrain_on_synthetic(synthetic: Path, calibration: Path, out: Path, steps: int, n_synthetic: int, *,
+def pretrain_on_synthetic(synthetic: Path | list[Path], calibration: Path, out: Path, steps: int, n_synthetic: int, *,
                           time_budget_min: float | None = None, progress: bool = True, **fit_kwargs) -> float:
     """The pre-train half of `pretrain-finetune`: about `steps` steps of synthetic crops alone,
     calibrated on the held-out images in `calibration`; returns its training seconds. The
@@ -166,7 +166,8 @@ def pretrain_on_synthetic(synthetic: Path, calibration: Path, out: Path, steps: 
     from train.fit import fit
 
     epochs = max(1, math.ceil(steps / max(1, n_synthetic // fit_kwargs["batch_size"])))
-    fm = fit(FitConfig(data=[str(synthetic), str(calibration)], out=str(out), epochs=epochs,
+    synthetic = synthetic if isinstance(synthetic, list) else [synthetic]
+    fm = fit(FitConfig(data=[*map(str, synthetic), str(calibration)], out=str(out), epochs=epochs,
                        time_budget_min=time_budget_min, val_every=epochs, **fit_kwargs), progress=progress)
     return float(fm.get("train_seconds") or 0.0)
 

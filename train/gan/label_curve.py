@@ -30,16 +30,26 @@ from pathlib import Path
 import numpy as np
 
 PRETRAIN = "-pretrain"  # arm suffix: pre-train on the synthetic pairs alone, then fine-tune on the real ones
-ARMS = ("real", "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN)
+NEG = "-neg"  # before PRETRAIN: the pre-train set also holds defect-free negatives (train/gan/erase.py)
+NEG_ERASER = {"copy-paste": "telea", "gan-blend": "gan"}  # copy-paste has no generator: Telea is its eraser
+ARMS = ("real", "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
+        "copy-paste" + NEG + PRETRAIN, "gan-blend" + NEG + PRETRAIN)
 _METHOD_TITLES = {"copy-paste": "copy-paste", "gan": "GAN", "gan-blend": "GAN-blend (hybrid)"}
 ARM_TITLES = {"real": "real only",
               **{m: f"real + {t}" for m, t in _METHOD_TITLES.items()},
-              **{m + PRETRAIN: f"{t} pre-train, real fine-tune" for m, t in _METHOD_TITLES.items()}}
+              **{m + PRETRAIN: f"{t} pre-train, real fine-tune" for m, t in _METHOD_TITLES.items()},
+              "copy-paste" + NEG + PRETRAIN: "copy-paste + Telea-erased negatives pre-train, real fine-tune",
+              "gan-blend" + NEG + PRETRAIN: "GAN-blend + GAN-erased negatives pre-train, real fine-tune"}
 
 
 def arm_method(arm: str) -> str | None:
     """The painter an arm's synthetic pairs come from; None for real-only."""
-    return None if arm == "real" else arm.removesuffix(PRETRAIN)
+    return None if arm == "real" else arm.removesuffix(PRETRAIN).removesuffix(NEG)
+
+
+def arm_eraser(arm: str) -> str | None:
+    """The eraser of an arm's defect-free negatives ("gan" or "telea"); None when it has none."""
+    return NEG_ERASER[arm_method(arm)] if arm.removesuffix(PRETRAIN).endswith(NEG) else None
 
 
 def arm_schedule(arm: str) -> str:
@@ -47,7 +57,7 @@ def arm_schedule(arm: str) -> str:
 
 
 def is_gan_based(arm: str) -> bool:
-    return arm_method(arm) in ("gan", "gan-blend")
+    return arm_method(arm) in ("gan", "gan-blend") or arm_eraser(arm) == "gan"
 CEILING = 1.0
 log = logging.getLogger("train.label_curve")
 
@@ -67,6 +77,7 @@ class StudyConfig:
     batch_size: int = 8
     synthetic_per_batch: int = 4  # on top of batch_size real crops: 1/3 of each batch is synthetic
     pretrain_steps: int = 400  # -pretrain arms: steps of batch_size synthetic crops before the real fine-tune
+    negatives: int = 100  # -neg arms: defect-free images added to the pre-train set (a quarter of it with count 300)
     count: int = 300  # synthetic pairs per fraction (per painter)
     max_defects_per_image: int = 2
     crop_height: int = 176
@@ -85,6 +96,8 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         self.fractions, self.arms, self.seeds = tuple(self.fractions), tuple(self.arms), tuple(self.seeds)
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be >= 1, got {self.negatives}")
         bad = [a for a in self.arms if a not in ARMS]
         if bad:
             raise ValueError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
@@ -196,6 +209,26 @@ class Study:
         write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
         return folder
 
+    def negatives_folder(self, f: float, eraser: str) -> Path:
+        folder = self.out / "synthetic" / fraction_tag(f) / f"erase-{eraser}"
+        if (folder / "manifest.json").is_file():
+            return folder
+        from train.gan.erase import EraseConfig, erase_defects
+        from train.gan.fit_gan import load_generator
+        from train.gan.shape_bank import load_labelled
+        from train.gan.synthesize import write_dataset
+
+        generator, crop = None, self.cfg.gan_crop
+        if eraser == "gan":
+            generator, meta = load_generator(self.generator(f))
+            crop = int(meta["crop"])
+        t = time.monotonic()
+        items = erase_defects(load_labelled(self.train_ds.subset(self.subsets[f].tolist())),
+                              EraseConfig(count=self.cfg.negatives, eraser=eraser, seed=self.cfg.subset_seed, crop=crop),
+                              len(self.classes), generator)
+        write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
+        return folder
+
     # -- one cell --
     def epochs(self, f: float) -> int:
         if f == CEILING:
@@ -209,8 +242,11 @@ class Study:
         from train.gan.augment_and_fit import pretrain_on_synthetic
 
         c = self.cfg
+        synthetic, n = [self.synthetic_folder(f, arm_method(arm))], c.count
+        if arm_eraser(arm):
+            synthetic, n = synthetic + [self.negatives_folder(f, arm_eraser(arm))], n + c.negatives
         seconds = pretrain_on_synthetic(
-            self.synthetic_folder(f, arm_method(arm)), self.calibration_folder(), run, c.pretrain_steps, c.count,
+            synthetic, self.calibration_folder(), run, c.pretrain_steps, n,
             progress=False, size=c.size, batch_size=c.batch_size, crop_height=c.crop_height, crop_width=c.crop_width,
             lr=c.lr, seed=seed, threads=c.threads, device=c.device, defect_crop_prob=c.defect_crop_prob)
         return run, seconds
@@ -240,7 +276,8 @@ class Study:
                 "mean_iou", "background_iou", "miou_incl_background", "per_class_dice_pixels", "n_images")
         return {
             "fraction": f, "arm": arm, "seed": seed, "schedule": schedule if method else "real",
-            "real_images": len(self.subsets[f]), "synthetic_images": 0 if method is None else self.cfg.count, "epochs": epochs,
+            "real_images": len(self.subsets[f]), "synthetic_images": 0 if method is None else self.cfg.count,
+            "negative_images": self.cfg.negatives if arm_eraser(arm) else 0, "epochs": epochs,
             "real_steps": epochs * max(1, len(self.subsets[f]) // c.batch_size),
             "synthetic_share_of_batch": c.synthetic_per_batch / (c.batch_size + c.synthetic_per_batch) if mixed else 0.0,
             "pretrain_seconds": pre_seconds, "train_seconds": fm["train_seconds"] + pre_seconds,

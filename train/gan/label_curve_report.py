@@ -9,9 +9,9 @@ synthetic arm *beats real-only* on a metric when the mean of its paired per-seed
 differences to real-only is larger than 2 standard deviations of those differences
 (needs at least 2 seeds); it *does not lose competition Dice* when that mean difference
 is not below zero by more than 2 standard deviations; it *beats copy-paste* when its
-paired differences to copy-paste (the copy-paste arm of its own schedule) also exceed
-2 standard deviations on both mIoU incl. background and Dice on present images, the
-margin over seed noise the goal asks for; *ahead of copy-paste* (reported, decides
+paired differences to copy-paste (every copy-paste arm of its own schedule: with and
+without Telea-erased negatives) also exceed 2 standard deviations on both mIoU incl.
+background and Dice on present images, the margin over seed noise the goal asks for; *ahead of copy-paste* (reported, decides
 nothing) when those mean differences are merely positive.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from train.gan.label_curve import ARM_TITLES, CEILING, PRETRAIN, StudyConfig, arm_schedule, fraction_tag, is_gan_based, plan_cells
+from train.gan.label_curve import ARM_TITLES, CEILING, PRETRAIN, StudyConfig, arm_eraser, arm_method, arm_schedule, fraction_tag, is_gan_based, plan_cells
 
 HEADLINE = (("miou_incl_background", "mIoU incl. background"), ("mean_dice_present", "Dice on present images"),
             ("competition_dice", "competition Dice"))
@@ -70,19 +70,18 @@ def aggregate(cells: list[dict]) -> dict:
         }
         if arm != "real" and (f, "real") in by:
             entry["vs_real"] = {m: paired(seeds, by[(f, "real")], m) for m, _ in HEADLINE}
-        rival = copy_paste_rival(arm, {a for (g, a) in by if g == f})
-        if is_gan_based(arm) and rival:
-            entry["vs_copy_paste"] = {m: paired(seeds, by[(f, rival)], m) for m, _ in HEADLINE}
-            entry["copy_paste_arm"] = rival
+        rivals = copy_paste_rivals(arm, {a for (g, a) in by if g == f})
+        if is_gan_based(arm) and rivals:
+            entry["vs_copy_paste"] = {r: {m: paired(seeds, by[(f, r)], m) for m, _ in HEADLINE} for r in rivals}
         out[f"{fraction_tag(f)}/{arm}"] = entry
     return out
 
 
-def copy_paste_rival(arm: str, arms: set[str]) -> str | None:
-    """The copy-paste arm a GAN-based arm is judged against: the one with its schedule when
-    the study has it, else plain mixed copy-paste."""
-    same = "copy-paste" + (PRETRAIN if arm_schedule(arm) == "pretrain-finetune" else "")
-    return same if same in arms else ("copy-paste" if "copy-paste" in arms else None)
+def copy_paste_rivals(arm: str, arms: set[str]) -> list[str]:
+    """The copy-paste arms a GAN-based arm is judged against: all of its schedule the study
+    has (with and without negatives), else plain mixed copy-paste."""
+    same = [a for a in ARM_TITLES if a in arms and arm_method(a) == "copy-paste" and arm_schedule(a) == arm_schedule(arm)]
+    return same or (["copy-paste"] if "copy-paste" in arms else [])
 
 
 def _beats(p: dict | None) -> bool:
@@ -95,16 +94,17 @@ def verdicts(agg: dict) -> dict:
     for key, e in agg.items():
         if e["arm"] == "real" or "vs_real" not in e:
             continue
-        vr, vc = e["vs_real"], e.get("vs_copy_paste") or {}
+        vr, vcs = e["vs_real"], (e.get("vs_copy_paste") or {}).values()
         comp = vr["competition_dice"]
+        both = ("miou_incl_background", "mean_dice_present")
         res[key] = {
             "beats_real_miou": _beats(vr["miou_incl_background"]),
             "beats_real_dice_present": _beats(vr["mean_dice_present"]),
             "keeps_competition_dice": bool(comp and comp["sd"] is not None and comp["mean"] >= -2 * comp["sd"]),
-            "beats_copy_paste": bool(vc and all(_beats(vc[m]) for m in ("miou_incl_background", "mean_dice_present"))),
+            "beats_copy_paste": bool(vcs) and all(_beats(vc[m]) for vc in vcs for m in both),
         }
-        if vc:
-            ahead[key] = all(vc[m] and vc[m]["mean"] > 0 for m in ("miou_incl_background", "mean_dice_present"))
+        if vcs:
+            ahead[key] = all(vc[m] and vc[m]["mean"] > 0 for vc in vcs for m in both)
     goal = {}
     for f in TARGET_FRACTIONS:
         arms = [v for k, v in res.items() if k.startswith(fraction_tag(f) + "/") and is_gan_based(k.split("/", 1)[1])]
@@ -215,6 +215,38 @@ def sample_grids(out: Path, fraction: float, classes: list[str], per_class: int 
     return pictures
 
 
+def erase_grid(out: Path, fraction: float, n: int = 6) -> str | None:
+    """negatives.png: real image with its defects tinted | erased by Telea | erased by the GAN
+    (the same source and flips per row: both erasers draw from one seeded order)."""
+    from inspect_edge.data import open_dataset
+    from train.gan.report import mosaic, overlay
+
+    tag = fraction_tag(fraction)
+    erasers = [e for e in ("telea", "gan") if (out / "synthetic" / tag / f"erase-{e}" / "manifest.json").is_file()]
+    if not erasers:
+        return None
+    sets = {e: open_dataset(out / "synthetic" / tag / f"erase-{e}") for e in erasers}
+    items = json.loads((out / "synthetic" / tag / f"erase-{erasers[0]}" / "manifest.json").read_text())["items"][:n]
+    real = open_dataset(out / "data" / tag, split="train")
+    real_ids = {i: k for k, i in enumerate(real.ids)}
+    rows = []
+    for k, item in enumerate(items):
+        src = real[real_ids[item["background"]]]
+        labels = np.zeros(src.image.shape, np.uint8)
+        for j in range(src.masks.shape[0]):
+            labels[src.masks[j]] = j + 1
+        shown = overlay(src.image, labels)
+        fh, fv = item["flips"]
+        shown = shown[:, ::-1] if fh else shown
+        shown = shown[::-1] if fv else shown
+        row = [np.ascontiguousarray(shown)]
+        for e in erasers:
+            row.append(sets[e][sets[e].ids.index(f"neg_{e}_{k:05d}")].image)
+        rows.append(row)
+    cv2.imwrite(str(out / "negatives.png"), mosaic(rows))
+    return "negatives.png"
+
+
 def draws_grid(out: Path, fraction: float, n: int = 6) -> str | None:
     """gan_draws.png: held-out masks, each painted three times by the fraction's generator
     (input | hole + class map | draw 1 | draw 2 | draw 3 | real): does one mask get many fills?"""
@@ -278,6 +310,9 @@ def write_study_report(out: Path) -> dict:
         if shown is not None:
             for name, rel in sample_grids(out, shown, classes).items():
                 pictures[f"{name} at {shown:g} labels (real source | copy-paste | GAN | GAN-blend | mask)"] = rel
+            rel = erase_grid(out, shown)
+            if rel:
+                pictures[f"defect-free negatives at {shown:g} labels (real, defects tinted | Telea-erased | GAN-erased)"] = rel
             rel = draws_grid(out, shown)
             if rel:
                 pictures[f"GAN at {shown:g} labels: three draws per held-out mask (input | hole | draw 1 | draw 2 | draw 3 | real)"] = rel
@@ -297,12 +332,14 @@ def render_markdown(r: dict) -> str:
              f"mixed synthetic arms add {cfg['synthetic_per_batch']} synthetic crops on top of each batch; "
              + (f"'pre-train' arms first fit {cfg.get('pretrain_steps', 400)} steps of {cfg['batch_size']} synthetic crops alone, "
                 "then the same real steps with no synthetic crops; " if any(a.endswith(PRETRAIN) for a in cfg["arms"]) else "") +
+             (f"'negatives' arms add {cfg.get('negatives', 100)} labelled images with every defect erased (label all clean) "
+              "to that pre-train set; " if any(arm_eraser(a) for a in cfg["arms"]) else "") +
              f"{cfg['count']} synthetic pairs per fraction, the same masks and placements for every painter; "
              f"one GAN per fraction, {cfg['gan_minutes']:g} CPU minutes on that fraction's labels only.", "",
              f"Cells done: {r['cells_done']}" + (f"; missing: {', '.join(r['cells_missing'])}" if r["cells_missing"] else "; none missing."), "",
              "Decision rule: a synthetic arm beats real-only on a metric when the mean paired per-seed difference exceeds "
              "2 standard deviations of those differences; it keeps competition Dice when that difference is not below 0 "
-             "by more than 2 sd; it beats copy-paste when its paired differences to the copy-paste arm of its own schedule "
+             "by more than 2 sd; it beats copy-paste when its paired differences to every copy-paste arm of its own schedule "
              "also exceed 2 sd on both mIoU incl. background and Dice on present images (merely positive means are "
              "reported as 'ahead of copy-paste' and decide nothing).", ""]
     fractions = sorted({e["fraction"] for e in agg.values()})
@@ -321,9 +358,8 @@ def render_markdown(r: dict) -> str:
         lines += ["", "Dice on present images per class: " + "; ".join(
             f"{ARM_TITLES[e['arm']]}: " + ", ".join(f"{k} {_ms(e['dice_present_per_class'][k], 3)}" for k in classes) for e in rows), ""]
         for e in rows:
-            if e.get("vs_copy_paste"):
-                vc = e["vs_copy_paste"]
-                lines.append(f"- {ARM_TITLES[e['arm']]} vs {ARM_TITLES[e.get('copy_paste_arm', 'copy-paste')]} (paired): mIoU {_diff(vc['miou_incl_background'])}, "
+            for rival, vc in (e.get("vs_copy_paste") or {}).items():
+                lines.append(f"- {ARM_TITLES[e['arm']]} vs {ARM_TITLES[rival]} (paired): mIoU {_diff(vc['miou_incl_background'])}, "
                              f"Dice present {_diff(vc['mean_dice_present'])}, competition {_diff(vc['competition_dice'])}")
         lines.append("")
     v = r["verdict"]
