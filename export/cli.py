@@ -132,8 +132,10 @@ def _int8(fp32: Path, out: Path, calibration_data: Path, check_data: Optional[Pa
     typer.echo(f"INT8: calibrating on {len(calib)} frames of {calibration_data}, checking on {len(check)} others")
     result = quantize_int8(fp32, out, calib, check, max_drift=max_drift, log=typer.echo)
     if not result.passed:
-        typer.echo(f"error: INT8 refused: mask Dice vs FP32 {result.per_class_dice} stays below {1 - max_drift:g} "
-                   f"even with {len(result.float_nodes)} node(s) in float", err=True)
+        fmt = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items())  # noqa: E731
+        typer.echo(f"error: INT8 refused: mask Dice vs FP32 ({fmt(result.per_class_dice)}) stays below {1 - max_drift:g} "
+                   f"even with {len(result.float_nodes)} node(s) in float; for scale, the FP32 model's own masks under "
+                   f"one grey level of noise: {fmt(result.fp32_noise_dice)}", err=True)
         raise typer.Exit(EXIT_PARITY)
     typer.echo(f"verified: {out} ({len(result.float_nodes)} node(s) kept in float; report {out.name}.int8.json)")
 

@@ -7,11 +7,15 @@ random tensors: activation ranges of random input say nothing about steel).
 
 The gate is the service's own: on held-out frames, the INT8 model's masks
 (after the model's thresholds and minimum areas) must agree with the FP32
-model's with per-class Dice >= 1 - max_drift (0.995). If they do not, layers
-are put back to float, most sensitive first: each quantised node's (Conv,
-ConvTranspose, Add, Concat, Resize, ...) sensitivity is measured by quantising
-it alone and taking the logit error it causes. After
-`max_rounds` it refuses with the figures. Only numpy, onnx and onnxruntime:
+model's with per-class Dice >= 1 - max_drift (0.995). If they do not, the ends
+go back to float first (everything from the input up to the first Conv, and the
+last Conv onwards: the input is already 8-bit grey, so quantising it again only
+re-rounds it, and the output carries the logits the thresholds cut), then more
+layers, most sensitive first: each node's sensitivity is measured by quantising
+it alone and taking the logit error it causes. After `max_rounds` it refuses
+with the figures, next to the FP32 model's own mask Dice when every input pixel
+moves by up to one grey level: a drift the model already shows under camera
+noise. Only numpy, onnx and onnxruntime:
 no torch.
 """
 
@@ -35,6 +39,7 @@ class Int8Result:
     max_drift: float
     rounds: list[dict] = field(default_factory=list)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    fp32_noise_dice: dict[str, float] = field(default_factory=dict)  # FP32 masks under +-1 grey level of noise
 
     @property
     def passed(self) -> bool:
@@ -43,7 +48,8 @@ class Int8Result:
     def to_dict(self) -> dict:
         return {"out": str(self.out), "passed": self.passed, "float_nodes": self.float_nodes,
                 "per_class_dice_vs_fp32": self.per_class_dice, "max_drift": self.max_drift,
-                "rounds": self.rounds, "sensitivity": [[n, s] for n, s in self.sensitivity]}
+                "rounds": self.rounds, "sensitivity": [[n, s] for n, s in self.sensitivity],
+                "fp32_dice_under_one_grey_level_of_noise": self.fp32_noise_dice}
 
 
 def frames_from_data(data: str | Path, info: ModelInfo, n: int, seed: int, skip: set[int] = frozenset()):
@@ -95,15 +101,40 @@ def _logits(path: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
     return np.concatenate([s.run(None, {name: x[i:i + 4]})[0] for i in range(0, len(x), 4)]).astype(np.float32)
 
 
-# Ops ONNX Runtime's QDQ quantiser puts into 8 bits in a U-Net: each can be kept in float.
-QUANTISED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Concat", "Resize", "MaxPool",
-                 "AveragePool", "GlobalAveragePool", "Relu", "LeakyRelu", "Sigmoid", "Clip")
+# Ops that only compute shapes: never quantised. Every other node may get 8-bit inputs or
+# outputs (ONNX Runtime also quantises data-movement ops such as Pad), so every other node
+# is one the gate can put back in float: a node missing from this list could never be.
+SHAPE_OPS = ("Shape", "Constant", "ConstantOfShape", "Gather", "Unsqueeze", "Squeeze", "Cast", "Range", "Size")
 
 
 def quantisable_nodes(path: Path) -> list[str]:
     import onnx
 
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in QUANTISED_OPS]
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type not in SHAPE_OPS]
+
+
+def end_nodes(path: Path) -> list[str]:
+    """The graph's ends in float: every node up to and including the first Conv, and the last
+    Conv with everything after it."""
+    import onnx
+
+    nodes = [n for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type not in SHAPE_OPS]
+    convs = [i for i, n in enumerate(nodes) if n.op_type in ("Conv", "ConvTranspose")]
+    if not convs:
+        return []
+    return [n.name for n in nodes[: convs[0] + 1]] + [n.name for n in nodes[convs[-1]:]]
+
+
+def noise_floor(fp32: Path, frames: np.ndarray, info: ModelInfo, ref: np.ndarray, threads: int | None) -> dict[str, float]:
+    """FP32 mask Dice between the frames and the same frames with every pixel moved by -1, 0
+    or +1 grey level (seeded): how much the model's own masks move under camera noise."""
+    from inspect_edge.postprocess import mask_dice_between
+    from inspect_edge.preprocess import normalise
+
+    step = np.random.default_rng(0).integers(-1, 2, size=frames.shape)
+    noisy = np.clip(frames.astype(np.int16) + step, 0, 255).astype(np.uint8)
+    dice, _ = mask_dice_between(ref, _logits(fp32, normalise(noisy, info).astype(np.float32), threads), info)
+    return dice
 
 
 def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames: np.ndarray, *,
@@ -136,15 +167,25 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
             result.per_class_dice = dice
             if worst >= 1 - max_drift or round_ == max_rounds:
                 break
+            if not result.float_nodes:
+                result.float_nodes = end_nodes(fp32)
+                if result.float_nodes:
+                    continue
             if ranked is None:
                 result.sensitivity = conv_sensitivity(fp32, calib, check[: min(4, len(check))], ref[: min(4, len(check))],
                                                       Path(tmp), threads)
                 ranked = [n for n, _ in result.sensitivity]
                 log("most sensitive nodes: " + ", ".join(f"{n} ({s:.3g})" for n, s in result.sensitivity[:5]))
-            more = max(1, len(result.float_nodes))  # 1, 2, 4, 8, ... layers back in float
-            result.float_nodes = ranked[: min(len(ranked), len(result.float_nodes) + more)]
+            rest = [n for n in ranked if n not in result.float_nodes]
+            if not rest:
+                break
+            more = max(1, len(result.float_nodes))  # then 2x as many layers back in float each round
+            result.float_nodes = result.float_nodes + rest[:more]
         if not result.passed:
-            return result
+            result.fp32_noise_dice = noise_floor(fp32, check_frames, info, ref, threads)
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).with_name(Path(out).name + ".int8.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            return result  # the figures, not the model
         proto = onnx.load(str(cand))
         written = info.replace(precision="int8", content_hash=graph_hash(proto),
                                extra={**info.extra, "int8": {"float_nodes": result.float_nodes,

@@ -76,3 +76,63 @@ def test_export_int8_command_writes_a_verified_model(tmp_path, fp32, data):
     r = subprocess.run([sys.executable, "-m", "inspect_edge.cli", "export", "int8", str(fp32), "--calibration-data",
                         str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def _pad_conv_conv(path, height=32, width=64):
+    """Replicate-pad, Conv, Relu, Conv (the shape of the U-Net's two ends), with metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from inspect_edge.model_info import ModelInfo
+
+    rng = np.random.default_rng(0)
+    info = ModelInfo(classes=("a", "b"), input_height=height, input_width=width, mean=0.5, std=0.25,
+                     thresholds=(0.5, 0.5), min_areas=(1, 1), model_version="t", arch="pad-conv-conv", source_run="tests")
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "b1"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (2, 4, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "b2"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")]
+    nodes = [helper.make_node("Pad", ["image", "pads"], ["padded"], mode="edge", name="pad"),
+             helper.make_node("Conv", ["padded", "w1", "b1"], ["c1"], kernel_shape=[3, 3], name="stem"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["logits"], kernel_shape=[1, 1], name="head")]
+    graph = helper.make_graph(nodes, "pcc", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, height, width])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2, height, width])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in info.to_metadata_props().items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(path))
+    return info
+
+
+def test_every_node_the_quantiser_touches_can_go_back_to_float(tmp_path):
+    """The gate's last resort is all-float; a node it cannot list (a Pad at the input, say) would
+    keep 8-bit rounding the gate can never remove."""
+    import onnx
+
+    from export.int8 import _quantize, end_nodes, quantisable_nodes
+
+    fp32 = tmp_path / "pcc.onnx"
+    info = _pad_conv_conv(fp32)
+    frames = np.stack([strip_frame(3 * i)[:32, :64] for i in range(4)])
+    calib = normalise(frames, info).astype(np.float32)
+    assert "pad" in quantisable_nodes(fp32) and end_nodes(fp32) == ["pad", "stem", "head"]
+    everything_float = tmp_path / "q.onnx"
+    _quantize(fp32, everything_float, calib, exclude=quantisable_nodes(fp32))
+    assert not [n for n in onnx.load(str(everything_float)).graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    _quantize(fp32, everything_float, calib)
+    assert [n for n in onnx.load(str(everything_float)).graph.node if n.op_type == "QuantizeLinear"]
+
+
+def test_a_refusal_writes_its_figures_and_the_models_own_noise_floor(tmp_path, fp32):
+    info = read_metadata(fp32)
+    ramp = np.tile(np.linspace(20, 120, 320).astype(np.uint8), (96, 1))
+    frames = np.stack([np.roll(ramp, 7 * i, axis=1) for i in range(8)])
+    out = tmp_path / "refused.onnx"
+    result = quantize_int8(fp32, out, frames, frames, max_drift=0.0, max_rounds=0, log=lambda *_: None)
+    report = json.loads(out.with_name(out.name + ".int8.json").read_text())
+    assert not report["passed"] and report["per_class_dice_vs_fp32"] == result.per_class_dice
+    noise = report["fp32_dice_under_one_grey_level_of_noise"]
+    assert set(noise) == set(info.classes) and all(0.0 < v < 1.0 for v in noise.values())  # ramps sit on the cutoffs
