@@ -138,6 +138,11 @@ def _int8(fp32: Path, out: Path, calibration_data: Path, check_data: Optional[Pa
                    f"one grey level of noise: {fmt(result.fp32_noise_dice)}", err=True)
         raise typer.Exit(EXIT_PARITY)
     typer.echo(f"verified: {out} ({len(result.float_nodes)} node(s) kept in float; report {out.name}.int8.json)")
+    ms = result.median_ms
+    typer.echo(f"batch 1 on this machine: FP32 {ms['fp32']:.1f} ms, INT8 {ms['int8']:.1f} ms ({ms['fp32'] / ms['int8']:.2f}x)")
+    if ms["int8"] >= ms["fp32"]:
+        typer.echo("warning: the INT8 model is not faster than FP32 here (each float layer adds a quantise/dequantise "
+                   "pair); serve the FP32 model unless the edge CPU measures otherwise (`inspect-edge bench`)", err=True)
 
 
 @app.command("int8")

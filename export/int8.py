@@ -40,6 +40,7 @@ class Int8Result:
     rounds: list[dict] = field(default_factory=list)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     fp32_noise_dice: dict[str, float] = field(default_factory=dict)  # FP32 masks under +-1 grey level of noise
+    median_ms: dict[str, float] = field(default_factory=dict)  # batch 1 on the exporting machine: {"fp32": .., "int8": ..}
 
     @property
     def passed(self) -> bool:
@@ -49,7 +50,8 @@ class Int8Result:
         return {"out": str(self.out), "passed": self.passed, "float_nodes": self.float_nodes,
                 "per_class_dice_vs_fp32": self.per_class_dice, "max_drift": self.max_drift,
                 "rounds": self.rounds, "sensitivity": [[n, s] for n, s in self.sensitivity],
-                "fp32_dice_under_one_grey_level_of_noise": self.fp32_noise_dice}
+                "fp32_dice_under_one_grey_level_of_noise": self.fp32_noise_dice,
+                "median_ms_batch1_this_machine": self.median_ms}
 
 
 def frames_from_data(data: str | Path, info: ModelInfo, n: int, seed: int, skip: set[int] = frozenset()):
@@ -88,6 +90,28 @@ def _quantize(fp32: Path, out: Path, calib: np.ndarray, *, exclude=(), only=None
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=list(exclude) or None, nodes_to_quantize=list(only) if only else None,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def median_ms(path: Path, x: np.ndarray, threads: int | None, runs: int = 10) -> float:
+    """Median batch-1 latency after two warm-up runs: a quantised model with many float
+    islands can pass the gate and still be slower than FP32, which only a clock shows."""
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {s.get_inputs()[0].name: x[:1]}
+    for _ in range(2):
+        s.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        s.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000.0 * float(np.median(times))
 
 
 def _logits(path: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
@@ -186,6 +210,7 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).with_name(Path(out).name + ".int8.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
             return result  # the figures, not the model
+        result.median_ms = {"fp32": median_ms(fp32, check, threads), "int8": median_ms(cand, check, threads)}
         proto = onnx.load(str(cand))
         written = info.replace(precision="int8", content_hash=graph_hash(proto),
                                extra={**info.extra, "int8": {"float_nodes": result.float_nodes,

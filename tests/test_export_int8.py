@@ -46,6 +46,7 @@ def test_int8_passes_the_gate_and_runs_in_the_service_backend(tmp_path, fp32, da
     assert meta.precision == "int8" and meta.classes == info.classes and meta.content_hash != info.content_hash
     report = json.loads(out.with_name(out.name + ".int8.json").read_text())
     assert report["passed"] and min(report["per_class_dice_vs_fp32"].values()) >= 0.995
+    assert set(report["median_ms_batch1_this_machine"]) == {"fp32", "int8"} and min(report["median_ms_batch1_this_machine"].values()) > 0
     # On frames it has never seen, through the service's own backend, masks still agree.
     fresh = np.stack([strip_frame(1000 + 3 * i) for i in range(6)])
     a = OnnxRuntimeBackend(fp32).infer(normalise(fresh, info))
@@ -72,7 +73,7 @@ def test_export_int8_command_writes_a_verified_model(tmp_path, fp32, data):
                         str(data), "--out", str(out), "--calibration-images", "16", "--check-images", "8"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "calibrating on 16 frames" in r.stdout and "verified:" in r.stdout and out.is_file()
+    assert "calibrating on 16 frames" in r.stdout and "verified:" in r.stdout and "batch 1 on this machine" in r.stdout and out.is_file()
     r = subprocess.run([sys.executable, "-m", "inspect_edge.cli", "export", "int8", str(fp32), "--calibration-data",
                         str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
