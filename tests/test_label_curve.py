@@ -158,8 +158,10 @@ def test_negatives_arms_pretrain_on_pairs_plus_erased_images_and_are_judged_agai
     out = tmp_path / "study"
     tiny = [a if a != "real,copy-paste,gan-blend" else "real,copy-paste-pretrain,copy-paste-neg-pretrain,gan-blend-neg-pretrain" for a in TINY]
     tiny[tiny.index("--fractions") + 1], tiny[tiny.index("--seeds") + 1] = "0.5", "0"
-    r = CliRunner().invoke(app, ["label-curve", "--data", str(data), "--out", str(out), *tiny, "--pretrain-steps", "3", "--negatives", "3"])
+    r = CliRunner().invoke(app, ["label-curve", "--data", str(data), "--out", str(out), *tiny, "--pretrain-steps", "3", "--negatives", "3",
+                                 "--gan-steps", "3"])
     assert r.exit_code == 0, r.output
+    assert json.loads((out / "gan" / "f0.500" / "gan_metrics.json").read_text())["steps"] == 3  # steps, not minutes
     for arm, eraser in (("copy-paste-neg-pretrain", "telea"), ("gan-blend-neg-pretrain", "gan")):
         cell = json.loads((out / "cells" / "f0.500" / arm / "seed0.json").read_text())
         assert cell["negative_images"] == 3 and cell["synthetic_images"] == 4

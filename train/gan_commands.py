@@ -150,6 +150,7 @@ def register(app: typer.Typer) -> None:
         pretrain_steps: int = typer.Option(400, "--pretrain-steps", help="'-pretrain' arms: steps of --batch-size synthetic crops before the real fine-tune."),
         negatives: int = typer.Option(100, "--negatives", help="'-neg' arms: real labelled images with their defects erased, added to the pre-train set."),
         gan_minutes: float = typer.Option(6.0, "--gan-minutes", help="GAN training minutes per fraction."),
+        gan_steps: Optional[int] = typer.Option(None, "--gan-steps", min=1, help="Train each GAN this many steps instead of --gan-minutes (the same GAN on a busy or a quiet CPU)."),
         fit_val_images: int = typer.Option(150, "--fit-val-images", help="Held-out images the segmenter calibrates on; 0 = all."),
         batch_size: int = typer.Option(8, "--batch-size", help="Real crops per step."),
         crop_height: int = typer.Option(176, "--crop-height", help="Segmenter training crop (NEU-Seg frames are 200x200)."),
@@ -175,7 +176,7 @@ def register(app: typer.Typer) -> None:
                 cfg = StudyConfig(
                     data=str(data), out=str(out), fractions=_numbers(fractions, float, "--fractions"), seeds=_numbers(seeds, int, "--seeds"),
                     arms=tuple(a.strip() for a in arms.split(",") if a.strip()), ceiling=ceiling, real_steps=real_steps,
-                    ceiling_epochs=ceiling_epochs, synthetic_per_batch=synthetic_per_batch, count=count, gan_minutes=gan_minutes,
+                    ceiling_epochs=ceiling_epochs, synthetic_per_batch=synthetic_per_batch, count=count, gan_minutes=gan_minutes, gan_steps=gan_steps,
                     pretrain_steps=pretrain_steps, negatives=negatives,
                     fit_val_images=fit_val_images, batch_size=batch_size, crop_height=crop_height, crop_width=crop_width,
                     gan_crop=gan_crop, gan_base=gan_base, size=size, threads=threads, device=device,

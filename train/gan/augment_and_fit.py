@@ -47,10 +47,11 @@ METHOD_WHY = ("largest mean paired gains over real-only in the NEU-Seg label-cur
               "the gain over copy-paste is within seed noise")
 
 
-# From train/studies/neu-label-curve/5-pretrain-finetune (NEU-Seg, 5 seeds per cell).
-SCHEDULE_WHY = ("with gan-blend at 10% labels the only arm of five NEU-Seg studies to beat real-only by > 2 sd on both "
-                "mIoU (+0.020, z 3.4) and Dice on present images (+0.030, z 5.8); vs mixed batches +0.013 Dice present "
-                "(within noise), and vs copy-paste with the same schedule within noise")
+# From train/studies/neu-label-curve/5-pretrain-finetune and 6-negatives (NEU-Seg, 5 seeds per cell).
+SCHEDULE_WHY = ("with gan-blend at 10% labels it beat real-only by > 2 sd on mIoU in two NEU-Seg studies with different "
+                "GANs (+0.020, z 3.4 and z 5.4); on Dice on present images once (+0.030, z 5.8) but not with the second "
+                "GAN (+0.020, z 1.3); vs mixed batches and vs copy-paste with the same schedule within noise; "
+                "adding erased defect-free negatives lowered every metric")
 
 
 @dataclass

@@ -86,6 +86,7 @@ class StudyConfig:
     defect_crop_prob: float = 0.0
     fit_val_images: int = 150
     gan_minutes: float = 6.0
+    gan_steps: int | None = None  # a fixed number of GAN steps instead of gan_minutes: the same GAN however loaded the CPU is
     gan_crop: int = 96
     gan_base: int = 12
     gan_batch_size: int = 8
@@ -182,9 +183,11 @@ class Study:
         run = self.out / "gan" / fraction_tag(f)
         if not (run / "gan_metrics.json").is_file():
             c = self.cfg
-            self.console.print(f"[bold]GAN[/] for fraction {f:g} ({len(self.subsets[f])} labelled images), {c.gan_minutes:g} min")
+            length = f"{c.gan_steps} steps" if c.gan_steps else f"{c.gan_minutes:g} min"
+            self.console.print(f"[bold]GAN[/] for fraction {f:g} ({len(self.subsets[f])} labelled images), {length}")
             fit_gan(GanConfig(data=str(self.real_folder(f)), out=str(run), crop=c.gan_crop, base=c.gan_base,
-                              batch_size=c.gan_batch_size, steps=10**7, time_budget_min=c.gan_minutes, eval_pairs=c.gan_eval_pairs,
+                              batch_size=c.gan_batch_size, steps=c.gan_steps or 10**7,
+                              time_budget_min=None if c.gan_steps else c.gan_minutes, eval_pairs=c.gan_eval_pairs,
                               seed=c.subset_seed, threads=c.threads, device=c.device, resume=True, **c.gan_options), self.console)
         return run
 

@@ -335,7 +335,8 @@ def render_markdown(r: dict) -> str:
              (f"'negatives' arms add {cfg.get('negatives', 100)} labelled images with every defect erased (label all clean) "
               "to that pre-train set; " if any(arm_eraser(a) for a in cfg["arms"]) else "") +
              f"{cfg['count']} synthetic pairs per fraction, the same masks and placements for every painter; "
-             f"one GAN per fraction, {cfg['gan_minutes']:g} CPU minutes on that fraction's labels only.", "",
+             "one GAN per fraction, " + (f"{cfg['gan_steps']} steps" if cfg.get("gan_steps") else f"{cfg['gan_minutes']:g} CPU minutes")
+             + " on that fraction's labels only.", "",
              f"Cells done: {r['cells_done']}" + (f"; missing: {', '.join(r['cells_missing'])}" if r["cells_missing"] else "; none missing."), "",
              "Decision rule: a synthetic arm beats real-only on a metric when the mean paired per-seed difference exceeds "
              "2 standard deviations of those differences; it keeps competition Dice when that difference is not below 0 "
