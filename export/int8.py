@@ -97,12 +97,7 @@ def median_ms(path: Path, x: np.ndarray, threads: int | None, runs: int = 10) ->
     islands can pass the gate and still be slower than FP32, which only a clock shows."""
     import time
 
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    s = _session(path, threads)
     feed = {s.get_inputs()[0].name: x[:1]}
     for _ in range(2):
         s.run(None, feed)
@@ -114,13 +109,17 @@ def median_ms(path: Path, x: np.ndarray, threads: int | None, runs: int = 10) ->
     return 1000.0 * float(np.median(times))
 
 
-def _logits(path: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
+def _session(path: Path, threads: int | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _logits(path: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
+    s = _session(path, threads)
     name = s.get_inputs()[0].name
     return np.concatenate([s.run(None, {name: x[i:i + 4]})[0] for i in range(0, len(x), 4)]).astype(np.float32)
 
@@ -131,18 +130,20 @@ def _logits(path: Path, x: np.ndarray, threads: int | None) -> np.ndarray:
 SHAPE_OPS = ("Shape", "Constant", "ConstantOfShape", "Gather", "Unsqueeze", "Squeeze", "Cast", "Range", "Size")
 
 
-def quantisable_nodes(path: Path) -> list[str]:
+def _compute_nodes(path: Path) -> list:
     import onnx
 
-    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type not in SHAPE_OPS]
+    return [n for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type not in SHAPE_OPS]
+
+
+def quantisable_nodes(path: Path) -> list[str]:
+    return [n.name for n in _compute_nodes(path)]
 
 
 def end_nodes(path: Path) -> list[str]:
     """The graph's ends in float: every node up to and including the first Conv, and the last
     Conv with everything after it."""
-    import onnx
-
-    nodes = [n for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type not in SHAPE_OPS]
+    nodes = _compute_nodes(path)
     convs = [i for i, n in enumerate(nodes) if n.op_type in ("Conv", "ConvTranspose")]
     if not convs:
         return []
@@ -207,8 +208,7 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
             result.float_nodes = result.float_nodes + rest[:more]
         if not result.passed:
             result.fp32_noise_dice = noise_floor(fp32, check_frames, info, ref, threads)
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).with_name(Path(out).name + ".int8.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            _write_report(result)
             return result  # the figures, not the model
         result.median_ms = {"fp32": median_ms(fp32, check, threads), "int8": median_ms(cand, check, threads)}
         proto = onnx.load(str(cand))
@@ -223,8 +223,14 @@ def quantize_int8(fp32: Path, out: Path, calib_frames: np.ndarray, check_frames:
         tmp_out = out.with_name(out.name + ".tmp")
         onnx.save(proto, str(tmp_out))
         tmp_out.replace(out)
-    out.with_name(out.name + ".int8.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    _write_report(result)
     return result
+
+
+def _write_report(result: Int8Result) -> None:
+    """<out>.int8.json beside the model, passed or refused."""
+    result.out.parent.mkdir(parents=True, exist_ok=True)
+    result.out.with_name(result.out.name + ".int8.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 def conv_sensitivity(fp32: Path, calib: np.ndarray, check: np.ndarray, ref: np.ndarray, tmp: Path,

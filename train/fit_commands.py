@@ -102,9 +102,6 @@ def _f(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-
-
-
 def _weights(text: str | None) -> list[float] | None:
     if text is None:
         return None

@@ -22,7 +22,7 @@ import numpy as np
 
 from train.gan.pairs import Pair, dilate, pad_to, window_around
 from train.gan.shape_bank import LabelledImage
-from train.gan.synthesize import Synthetic, _paint_batch
+from train.gan.synthesize import Synthetic, paint_batch
 
 ERASERS = ("gan", "telea")
 
@@ -65,7 +65,7 @@ def _paint_out_with_gan(images: list[np.ndarray], holes: list[np.ndarray], gener
             y0, x0 = window_around(ys[k] + crop / 4, xs[k] + crop / 4, img.shape, crop)
             win = (slice(y0, y0 + crop), slice(x0, x0 + crop))
             jobs.append((i, y0, x0, Pair(img[win], np.zeros((crop, crop), np.uint8), rest[win].copy(), "", "clean")))
-        painted = _paint_batch(generator, [p for *_, p in jobs], num_classes, noise_rng)
+        painted = paint_batch(generator, [p for *_, p in jobs], num_classes, noise_rng)
         for (i, y0, x0, pair), gen in zip(jobs, painted):
             h, w = min(crop, images[i].shape[0] - y0), min(crop, images[i].shape[1] - x0)
             hole = pair.hole[:h, :w]

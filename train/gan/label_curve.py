@@ -191,46 +191,42 @@ class Study:
                               seed=c.subset_seed, threads=c.threads, device=c.device, resume=True, **c.gan_options), self.console)
         return run
 
-    def synthetic_folder(self, f: float, method: str) -> Path:
-        folder = self.out / "synthetic" / fraction_tag(f) / method
+    def _made_once(self, f: float, name: str, painted: bool, make) -> Path:
+        """synthetic/<fraction>/<name>: `make(labelled, generator, crop)` on that fraction's labelled
+        images (generator None unless `painted`), written once and reused by every arm and re-run."""
+        folder = self.out / "synthetic" / fraction_tag(f) / name
         if (folder / "manifest.json").is_file():
             return folder
-        from train.gan.fit_gan import load_generator
-        from train.gan.shape_bank import ShapeBank, load_labelled
-        from train.gan.synthesize import PAINTED, SynthConfig, synthesize_samples, write_dataset
-
-        labelled = load_labelled(self.train_ds.subset(self.subsets[f].tolist()))
-        bank = ShapeBank.from_images(labelled, len(self.classes))
-        generator, crop = None, self.cfg.gan_crop
-        if method in PAINTED:
-            generator, meta = load_generator(self.generator(f))
-            crop = int(meta["crop"])
-        scfg = SynthConfig(count=self.cfg.count, method=method, seed=self.cfg.subset_seed, crop=crop,
-                           max_defects_per_image=self.cfg.max_defects_per_image)
-        t = time.monotonic()
-        items = synthesize_samples(labelled, bank, scfg, self.classes, generator)
-        write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
-        return folder
-
-    def negatives_folder(self, f: float, eraser: str) -> Path:
-        folder = self.out / "synthetic" / fraction_tag(f) / f"erase-{eraser}"
-        if (folder / "manifest.json").is_file():
-            return folder
-        from train.gan.erase import EraseConfig, erase_defects
         from train.gan.fit_gan import load_generator
         from train.gan.shape_bank import load_labelled
         from train.gan.synthesize import write_dataset
 
         generator, crop = None, self.cfg.gan_crop
-        if eraser == "gan":
+        if painted:
             generator, meta = load_generator(self.generator(f))
             crop = int(meta["crop"])
+        labelled = load_labelled(self.train_ds.subset(self.subsets[f].tolist()))
         t = time.monotonic()
-        items = erase_defects(load_labelled(self.train_ds.subset(self.subsets[f].tolist())),
-                              EraseConfig(count=self.cfg.negatives, eraser=eraser, seed=self.cfg.subset_seed, crop=crop),
-                              len(self.classes), generator)
+        items = make(labelled, generator, crop)
         write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
         return folder
+
+    def synthetic_folder(self, f: float, method: str) -> Path:
+        from train.gan.shape_bank import ShapeBank
+        from train.gan.synthesize import PAINTED, SynthConfig, synthesize_samples
+
+        c = self.cfg
+        return self._made_once(f, method, method in PAINTED, lambda labelled, generator, crop: synthesize_samples(
+            labelled, ShapeBank.from_images(labelled, len(self.classes)),
+            SynthConfig(count=c.count, method=method, seed=c.subset_seed, crop=crop, max_defects_per_image=c.max_defects_per_image),
+            self.classes, generator))
+
+    def negatives_folder(self, f: float, eraser: str) -> Path:
+        from train.gan.erase import EraseConfig, erase_defects
+
+        c = self.cfg
+        return self._made_once(f, f"erase-{eraser}", eraser == "gan", lambda labelled, generator, crop: erase_defects(
+            labelled, EraseConfig(count=c.negatives, eraser=eraser, seed=c.subset_seed, crop=crop), len(self.classes), generator))
 
     # -- one cell --
     def epochs(self, f: float) -> int:

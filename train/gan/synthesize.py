@@ -85,7 +85,7 @@ def _gan_job(image: np.ndarray, labels: np.ndarray, new_mask: np.ndarray, before
     return Pair(img_p[win], lab_p[win], hole, "", "synthetic"), (y0, x0)
 
 
-def _paint_batch(generator, jobs: list, num_classes: int, noise_rng, batch: int = 32) -> list[np.ndarray]:
+def paint_batch(generator, jobs: list, num_classes: int, noise_rng, batch: int = 32) -> list[np.ndarray]:
     """Generated uint8 crops for a list of Pairs, in batches (one forward per batch); a
     stochastic generator's noise comes from `noise_rng`, so synthesis repeats exactly."""
     import torch
@@ -169,7 +169,7 @@ def synthesize_samples(
         for r in range(max((len(p) for p in plans), default=0)):
             todo = [(i, p[r]) for i, p in enumerate(plans) if len(p) > r]
             jobs = [_gan_job(items[i].image, after, new_mask, before, items[i].labels, cfg) for i, (new_mask, before, after) in todo]
-            painted = _paint_batch(generator, [pair for pair, _ in jobs], len(classes), noise_rng)
+            painted = paint_batch(generator, [pair for pair, _ in jobs], len(classes), noise_rng)
             for (i, _), (pair, (y0, x0)), gen in zip(todo, jobs, painted):
                 img = items[i].image
                 c = cfg.crop
