@@ -184,3 +184,13 @@ def test_beating_copy_paste_means_beating_every_copy_paste_arm_of_the_schedule()
                       _cell(f, "gan-blend-neg-pretrain", s, base + 0.03 + noise, base + 0.03 + noise, 0.9)]
     v = verdicts(aggregate(cells))["per_arm"]["f0.050/gan-blend-neg-pretrain"]
     assert v["beats_real_miou"] and not v["beats_copy_paste"]  # far ahead of one copy-paste arm, level with the other
+
+
+def test_a_study_resumes_from_a_committed_report_where_its_run_folder_is_gone(study, tmp_path):
+    _, out, args, _ = study
+    fresh = tmp_path / "elsewhere"
+    moved = [a if a != str(out) else str(fresh) for a in args]
+    r = CliRunner().invoke(app, [*moved, "--reuse-cells", str(out / "report.json")])
+    assert r.exit_code == 0, r.output
+    assert "reused 12 cell(s)" in r.output and "12 already done" in r.output
+    assert json.loads((fresh / "report.json").read_text())["cells"] == json.loads((out / "report.json").read_text())["cells"]

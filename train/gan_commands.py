@@ -162,6 +162,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(2, "--threads"),
         device: str = typer.Option("auto", "--device"),
         report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the report from the cells done so far."),
+        reuse_cells: list[Path] = typer.Option([], "--reuse-cells", help="A report.json (e.g. a committed study's) whose cells count as done for this study's planned cells; repeatable."),
     ) -> None:
         """The label-efficiency study: real-only vs copy-paste vs GAN vs hybrid at several labelled fractions and seeds."""
         from train.gan.label_curve import StudyConfig, run_study
@@ -182,7 +183,7 @@ def register(app: typer.Typer) -> None:
                     gan_crop=gan_crop, gan_base=gan_base, size=size, threads=threads, device=device,
                     gan_options={"measure_at_min": _numbers(gan_measure_at_min, float, "--gan-measure-at-min")} if gan_measure_at_min.strip() else {},
                 )
-                r = run_study(cfg)
+                r = run_study(cfg, reuse=reuse_cells)
             except ValueError as e:
                 raise typer.BadParameter(str(e)) from None
         goal = "met" if r["verdict"]["goal_met"] else "NOT met"

@@ -284,7 +284,23 @@ class Study:
         }
 
 
-def run_study(cfg: StudyConfig, console=None) -> dict:
+def reuse_cells(out: Path, reports: list[Path], cells: list[tuple[float, str, int]]) -> int:
+    """Put the cells a committed report.json holds (its `cells` list) into out/cells/ for the
+    planned (fraction, arm, seed) cells that have none yet, so a study resumes on a machine
+    where its run folder is gone; returns how many were written. Reuse only a report made
+    with the same settings: the cells carry their numbers, not their settings."""
+    planned, n = set(cells), 0
+    for report in reports:
+        for c in json.loads(Path(report).read_text())["cells"]:
+            path = cell_path(out, c["fraction"], c["arm"], c["seed"])
+            if (c["fraction"], c["arm"], c["seed"]) in planned and not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(c, indent=2) + "\n")
+                n += 1
+    return n
+
+
+def run_study(cfg: StudyConfig, console=None, reuse: list[Path] = ()) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -303,6 +319,8 @@ def run_study(cfg: StudyConfig, console=None) -> dict:
     cfg_path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     study = Study(cfg, console)
     cells = plan_cells(cfg)
+    if reuse:
+        console.print(f"reused {reuse_cells(out, list(reuse), cells)} cell(s) from {', '.join(map(str, reuse))}")
     todo = [c for c in cells if not cell_path(out, *c).is_file()]
     console.print(f"[bold]label-curve[/]: {len(cells)} cells, {len(cells) - len(todo)} already done; "
                   f"{len(study.train_ds)} training images, scored on {len(study.held_ds)} held-out ({study.how})")
