@@ -26,36 +26,68 @@ def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-def _kept_components(binary: np.ndarray, min_area: int):
-    """Components of `binary` with at least `min_area` pixels, labelled inside the
-    bounding box of the flagged pixels only: on a real frame defects cover a small
-    part of it, and labelling the whole frame per class dominated post-processing.
+# Flagged columns closer than this share one labelling window: fewer OpenCV calls
+# for speckle, while windows stay far smaller than one box around everything.
+BAND_GAP = 16
 
-    Returns None when nothing survives, else (y0, x0, labels, stats, keep) where
-    labels/stats are relative to the box and keep[j] says component j survives.
+
+@dataclass(frozen=True)
+class _Window:
+    """Components labelled inside one window of the frame (labels/stats relative to it)."""
+
+    y0: int
+    x0: int
+    roi: np.ndarray      # bool, the flagged pixels of the window
+    labels: np.ndarray
+    stats: np.ndarray
+    keep: np.ndarray     # keep[j]: component j survives the minimum area (keep[0], background, is False)
+
+    @property
+    def box(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y0 + self.roi.shape[0]), slice(self.x0, self.x0 + self.roi.shape[1])
+
+    def kept_mask(self) -> np.ndarray:
+        # Most windows keep every component: their mask is the flagged pixels themselves.
+        return self.roi if self.keep[1:].all() else self.keep[self.labels]
+
+
+def _kept_components(binary: np.ndarray, min_area: int) -> list[_Window]:
+    """Components of `binary` with at least `min_area` pixels, window by window.
+
+    An 8-connected component cannot cross an empty column, so the flagged columns
+    split the frame into bands labelled on their own, each cropped to its flagged
+    rows. On a real frame defects cover a small part of it, and labelling the whole
+    frame (or one box around sparse speckle) per class dominated post-processing.
+    Only windows with a surviving component are returned.
     """
-    rows = np.flatnonzero(binary.any(axis=1))
-    if rows.size == 0:
-        return None
     cols = np.flatnonzero(binary.any(axis=0))
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    roi = np.ascontiguousarray(binary[y0:y1, x0:x1]).view(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(roi, connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= max(int(min_area), 1)
-    keep[0] = False  # label 0 is the background
-    if not keep.any():
-        return None
-    return int(y0), int(x0), labels, stats, keep
+    if cols.size == 0:
+        return []
+    splits = np.flatnonzero(np.diff(cols) > BAND_GAP) + 1
+    area = max(int(min_area), 1)
+    out = []
+    for band in np.split(cols, splits):
+        x0, x1 = int(band[0]), int(band[-1]) + 1
+        strip = binary[:, x0:x1]
+        rows = np.flatnonzero(strip.any(axis=1))
+        y0, y1 = int(rows[0]), int(rows[-1]) + 1
+        roi = np.ascontiguousarray(strip[y0:y1])
+        if int(np.count_nonzero(roi)) < area:
+            continue
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(roi.view(np.uint8), connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= area
+        keep[0] = False  # label 0 is the background
+        if keep.any():
+            out.append(_Window(y0, x0, roi, labels, stats, keep))
+    return out
 
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Drop 8-connected components with fewer than `min_area` pixels."""
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros_like(mask)
-    found = _kept_components(mask, min_area)
-    if found is not None:
-        y0, x0, labels, _, keep = found
-        out[y0 : y0 + labels.shape[0], x0 : x0 + labels.shape[1]] = keep[labels]
+    for win in _kept_components(mask, min_area):
+        out[win.box] = win.kept_mask()
     return out
 
 
@@ -101,28 +133,24 @@ def analyse_logits(logits: np.ndarray, info: ModelInfo, frame_time: float = 0.0)
     masks = np.zeros(logits.shape, dtype=bool)
     defects: list[Defect] = []
     for c in range(info.num_classes):
-        found = _kept_components(logits[c] >= prob_to_logit(info.thresholds[c]), info.min_areas[c])
-        if found is None:
-            continue
-        y0, x0, labels, stats, keep = found
-        box = (slice(y0, y0 + labels.shape[0]), slice(x0, x0 + labels.shape[1]))
-        masks[c][box] = keep[labels]
-        class_logits = logits[c][box]
-        for j in np.flatnonzero(keep):
-            x, y, w, h = (int(v) for v in stats[j, :4])
-            # Peak over the component's own pixels, searched in its bounding box only.
-            member = (labels[y : y + h, x : x + w] == j).view(np.uint8)
-            _, peak, _, _ = cv2.minMaxLoc(np.ascontiguousarray(class_logits[y : y + h, x : x + w], np.float32), member)
-            defects.append(
-                Defect(
-                    class_index=c,
-                    class_name=info.classes[c],
-                    area_px=int(stats[j, cv2.CC_STAT_AREA]),
-                    bbox=(x + x0, y + y0, w, h),
-                    peak_prob=float(sigmoid(peak)),
-                    frame_time=float(frame_time),
+        for win in _kept_components(logits[c] >= prob_to_logit(info.thresholds[c]), info.min_areas[c]):
+            masks[c][win.box] = win.kept_mask()
+            class_logits = logits[c][win.box]
+            for j in np.flatnonzero(win.keep):
+                x, y, w, h = (int(v) for v in win.stats[j, :4])
+                # Peak over the component's own pixels, searched in its bounding box only.
+                member = (win.labels[y : y + h, x : x + w] == j).view(np.uint8)
+                _, peak, _, _ = cv2.minMaxLoc(np.ascontiguousarray(class_logits[y : y + h, x : x + w], np.float32), member)
+                defects.append(
+                    Defect(
+                        class_index=c,
+                        class_name=info.classes[c],
+                        area_px=int(win.stats[j, cv2.CC_STAT_AREA]),
+                        bbox=(x + win.x0, y + win.y0, w, h),
+                        peak_prob=float(sigmoid(peak)),
+                        frame_time=float(frame_time),
+                    )
                 )
-            )
     return masks, defects
 
 

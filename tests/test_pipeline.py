@@ -106,6 +106,7 @@ def test_pipeline_finds_the_drawn_discs_with_right_classes_and_boxes(tmp_path, m
     assert all(0.5 <= d.peak_prob <= 1 for d in r.defects)
     assert r.latency_s > 0 and set(r.stage_s) == {"preprocess", "inference", "postprocess"}
     assert 0 < r.area_share[1] < r.area_share[0] < 0.05
+    assert r.area_share == tuple(np.count_nonzero(m) / m.size for m in r.masks)
     assert pipe.counts().defects == {"dark": 2, "very_dark": 1}
 
 

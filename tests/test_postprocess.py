@@ -95,3 +95,30 @@ def test_analyse_logits_matches_whole_frame_labelling_on_random_frames():
             peak = 1 / (1 + np.exp(-logits[d.class_index, y : y + h, x : x + w][inside].max()))
             assert d.peak_prob <= peak + 1e-6
         assert sum(d.area_px for d in defects) == masks.sum()
+
+
+def test_sparse_speckle_split_into_bands_labels_like_the_whole_frame():
+    """Flagged columns far apart are labelled in separate windows; the result must be
+    the whole-frame labelling, including marks that meet only at a corner and marks
+    that sit just either side of the band gap."""
+    import cv2
+
+    from inspect_edge.postprocess import BAND_GAP, analyse_logits
+
+    rng = np.random.default_rng(1)
+    info = _info(classes=("a", "b"), thresholds=(0.5, 0.5), min_areas=(1, 3))
+    for _ in range(4):
+        logits = np.full((2, 48, 600), -5.0, np.float32)
+        speckle = rng.random((2, 48, 600)) < 0.004
+        logits[speckle] = 3.0
+        x = int(rng.integers(20, 400))
+        logits[:, 10, x] = logits[:, 11, x + 1] = 3.0                 # corner contact: one component
+        logits[:, 30, x + 60] = logits[:, 30, x + 61 + BAND_GAP] = 3.0  # gap exactly at the band limit
+        logits[:, 40, x + 120] = logits[:, 40, x + 122 + BAND_GAP] = 3.0  # one column past it
+        cv2.line(logits[1], (x + 150, 5), (x + 190, 40), 3.0, 1)     # a thin diagonal mark
+        masks, defects = analyse_logits(logits, info)
+        assert np.array_equal(masks, _reference_masks(logits, info.thresholds, info.min_areas))
+        for c in range(2):
+            n, _, stats, _ = cv2.connectedComponentsWithStats((logits[c] >= 0).astype(np.uint8), connectivity=8)
+            expected = sorted(int(a) for a in stats[1:n, cv2.CC_STAT_AREA] if a >= info.min_areas[c])
+            assert sorted(d.area_px for d in defects if d.class_index == c) == expected
