@@ -328,3 +328,27 @@ def test_pos_weight_counts_defect_pixels_more_and_must_match_the_classes(tiny_da
     assert weighted.item() > BceDiceLoss()(logits, target).item()
     with pytest.raises(ValueError, match="pos_weight has 3 value"):
         fit(tiny_cfg(tiny_data, tmp_path / "pw", epochs=1, pos_weight=[1.0, 2.0, 3.0]), progress=False)
+
+
+def test_weight_other_classes_charges_a_class_firing_on_another_class_pixels():
+    from train.losses import BceDiceLoss
+
+    # Class 0 fires (logit +4) on one pixel that is class 1's; everything else is right.
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, 1, 0, 0] = 1.0
+    logits = torch.full((1, 2, 4, 4), -8.0)
+    logits[0, 1, 0, 0] = 8.0
+    logits[0, 0, 0, 0] = 4.0
+    plain = BceDiceLoss(dice_weight=0.0, pos_weight=(20.0, 20.0))(logits, target)
+    other = BceDiceLoss(dice_weight=0.0, pos_weight=(20.0, 20.0), weight_other_classes=True)(logits, target)
+    import torch.nn.functional as F
+
+    wrong = F.binary_cross_entropy_with_logits(torch.tensor(4.0), torch.tensor(0.0))
+    # The confusion is the only large term: weighted 20 times instead of once (over 32 values).
+    assert (other - plain).item() == pytest.approx(19 * wrong.item() / 32, rel=1e-4)
+    # Plain background pixels keep weight 1: with no other class present both losses agree.
+    clean = torch.zeros(1, 2, 4, 4)
+    assert BceDiceLoss(pos_weight=(20.0, 20.0), weight_other_classes=True)(logits, clean).item() == pytest.approx(
+        BceDiceLoss(pos_weight=(20.0, 20.0))(logits, clean).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs pos_weight"):
+        BceDiceLoss(weight_other_classes=True)

@@ -51,6 +51,7 @@ class FitConfig:
     synthetic_data: str | None = None  # a data set of synthetic pairs added on top of every real batch
     synthetic_per_batch: int = 0  # synthetic crops per step, on top of batch_size real ones
     pos_weight: list[float] | None = None  # per class: weight of a defect pixel in the BCE term (thin classes)
+    weight_other_classes: bool = False  # another class's pixel counts against a class as its own pixel does
 
     def __post_init__(self) -> None:
         checks = [
@@ -67,6 +68,7 @@ class FitConfig:
             (self.synthetic_per_batch >= 0, f"synthetic_per_batch must be >= 0, got {self.synthetic_per_batch}"),
             (not (self.synthetic_per_batch and not self.synthetic_data), "synthetic_per_batch needs synthetic_data"),
             (self.pos_weight is None or all(w > 0 for w in self.pos_weight), f"pos_weight must be > 0, got {self.pos_weight}"),
+            (not (self.weight_other_classes and self.pos_weight is None), "weight_other_classes needs pos_weight"),
             (not (self.resume and self.init_weights), "resume and init_weights exclude each other: resume continues a run, init_weights starts a new one"),
         ]
         for ok, message in checks:

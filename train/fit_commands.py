@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Fraction of training images kept (seeded)."),
         defect_crop_prob: float = typer.Option(0.5, "--defect-crop-prob", help="Share of training crops placed over a defect."),
         pos_weight: Optional[str] = typer.Option(None, "--pos-weight", help="Per class, comma-separated: weight of a defect pixel in the BCE term (e.g. 20,20,1,1 for thin pits and cracks)."),
+        weight_other_classes: bool = typer.Option(False, "--weight-other-classes", help="With --pos-weight: a pixel of another defect class counts against a class as much as its own defect pixel (stops a heavily weighted class firing on every mark)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per process."),
     ) -> None:
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
                 batch_size=batch_size, crop_width=crop_width, crop_height=crop_height, lr=lr, seed=seed,
                 workers=workers, resume=str(resume) if resume else None, init_weights=str(init_weights) if init_weights else None, split=split, val_fraction=val_fraction,
                 labelled_fraction=labelled_fraction, device=device, threads=threads, defect_crop_prob=defect_crop_prob,
-                pos_weight=_weights(pos_weight),
+                pos_weight=_weights(pos_weight), weight_other_classes=weight_other_classes,
             )
             from train.model import SIZES
 
