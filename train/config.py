@@ -52,6 +52,7 @@ class FitConfig:
     synthetic_per_batch: int = 0  # synthetic crops per step, on top of batch_size real ones
     pos_weight: list[float] | None = None  # per class: weight of a defect pixel in the BCE term (thin classes)
     weight_other_classes: bool = False  # another class's pixel counts against a class as its own pixel does
+    calibrate_for: str = "competition"  # thresholds/min areas: "competition" Dice, or "balanced" with Dice on present images
 
     def __post_init__(self) -> None:
         checks = [
@@ -69,6 +70,7 @@ class FitConfig:
             (not (self.synthetic_per_batch and not self.synthetic_data), "synthetic_per_batch needs synthetic_data"),
             (self.pos_weight is None or all(w > 0 for w in self.pos_weight), f"pos_weight must be > 0, got {self.pos_weight}"),
             (not (self.weight_other_classes and self.pos_weight is None), "weight_other_classes needs pos_weight"),
+            (self.calibrate_for in ("competition", "balanced"), f"calibrate_for must be competition or balanced, got {self.calibrate_for!r}"),
             (not (self.resume and self.init_weights), "resume and init_weights exclude each other: resume continues a run, init_weights starts a new one"),
         ]
         for ok, message in checks:

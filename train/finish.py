@@ -63,16 +63,18 @@ def finish(t: FinishedTraining) -> dict:
         model = model_from_checkpoint(ck, str(out / name))
         t_cal = time.monotonic()
         pairs = ((logits, s.masks) for s, logits in iter_dataset_logits(model, val_ds, info, batch_size=cfg.batch_size))
-        cal = calibrate(pairs, info.classes, (info.input_height, info.input_width))
-        log.info("%s (epoch %d) calibrated on %d validation images in %.1fs: thresholds %s min_areas %s, "
-                 "competition Dice %.4f (at 0.5/0: %.4f)", name, ck["epoch"] + 1, cal["n_images"], time.monotonic() - t_cal,
-                 cal["thresholds"], cal["min_areas"], cal["competition_dice"], cal["competition_dice_at_default"])
+        cal = calibrate(pairs, info.classes, (info.input_height, info.input_width), objective=cfg.calibrate_for)
+        log.info("%s (epoch %d) calibrated (%s) on %d validation images in %.1fs: thresholds %s min_areas %s, "
+                 "competition Dice %.4f (at 0.5/0: %.4f), score %.4f", name, ck["epoch"] + 1, cal["objective"], cal["n_images"],
+                 time.monotonic() - t_cal, cal["thresholds"], cal["min_areas"], cal["competition_dice"],
+                 cal["competition_dice_at_default"], cal["score"])
         candidates[name] = (ck, model, cal)
-    chosen = max(candidates, key=lambda n: candidates[n][2]["competition_dice"])  # ties: best.pt (first)
+    chosen = max(candidates, key=lambda n: candidates[n][2]["score"])  # ties: best.pt (first)
     ck, model, cal = candidates[chosen]
     cal["chosen_checkpoint_epoch"] = int(ck["epoch"]) + 1
-    cal["candidates"] = {f"epoch {c[0]['epoch'] + 1}": c[2]["competition_dice"] for c in candidates.values()}
-    log.info("keeping epoch %d as best.pt (calibrated competition Dice %.4f)", ck["epoch"] + 1, cal["competition_dice"])
+    cal["candidates"] = {f"epoch {c[0]['epoch'] + 1}": c[2]["score"] for c in candidates.values()}
+    log.info("keeping epoch %d as best.pt (calibrated %s score %.4f, competition Dice %.4f)", ck["epoch"] + 1,
+             cal["objective"], cal["score"], cal["competition_dice"])
     info = info.replace(thresholds=tuple(cal["thresholds"]), min_areas=tuple(cal["min_areas"]))
     (out / "calibration.json").write_text(json.dumps(cal, indent=2) + "\n")
     info.save(out / "model_info.json")
