@@ -7,9 +7,11 @@ best score over the validation images. Objectives:
   scores 1), Severstal's metric. It rewards silence: a large minimum area that
   deletes every small true crack can still win, by removing false ones.
 - "balanced": the mean of that and Dice on the images where the class is present,
-  so finding defects counts as much as staying quiet on clean steel. Masks are made with the edge's
-own `inspect_edge.postprocess.masks_from_logits`, so the service sees exactly
-what was calibrated. Streaming: logits are never all held in memory.
+  so finding defects counts as much as staying quiet on clean steel.
+
+Masks are made with the edge's own `inspect_edge.postprocess.masks_from_logits`,
+so the service sees exactly what was calibrated. Streaming: logits are never all
+held in memory.
 """
 
 from __future__ import annotations
@@ -47,22 +49,21 @@ class CalibrationSearch:
         shape = (self.num_classes, len(self.thresholds), len(self.min_areas))
         self.sums = np.zeros(shape, np.float64)
         self.present_sums = np.zeros(shape, np.float64)   # the same, over images where the class is present
-        self.present = np.zeros(self.num_classes, np.int64)
+        self.images_present = np.zeros(self.num_classes, np.int64)
         self.n = 0
 
     def update(self, logits: np.ndarray, true: np.ndarray) -> None:
         """One image: logits float (K, H, W), true bool (K, H, W)."""
         k = self.num_classes
-        has = true.reshape(k, -1).any(axis=1)
+        dice = np.empty(self.sums.shape)
         for ti, t in enumerate(self.thresholds):
             for ai, a in enumerate(self.min_areas):
                 pred = masks_from_logits(logits, (t,) * k, (a,) * k)
-                for c in range(k):
-                    d = dice_pair(pred[c], true[c])
-                    self.sums[c, ti, ai] += d
-                    if has[c]:
-                        self.present_sums[c, ti, ai] += d
-        self.present += has
+                dice[:, ti, ai] = [dice_pair(pred[c], true[c]) for c in range(k)]
+        has = true.reshape(k, -1).any(axis=1)
+        self.sums += dice
+        self.present_sums[has] += dice[has]
+        self.images_present += has
         self.n += 1
 
     def result(self, classes: tuple[str, ...]) -> dict:
@@ -70,7 +71,8 @@ class CalibrationSearch:
             raise ValueError("calibration needs at least one validation image")
         mean = self.sums / self.n
         # A class present in no validation image has no present-image Dice: it is judged on pairs alone.
-        present = np.where(self.present[:, None, None] > 0, self.present_sums / np.maximum(self.present, 1)[:, None, None], mean)
+        seen = self.images_present[:, None, None]
+        present = np.where(seen > 0, self.present_sums / np.maximum(seen, 1), mean)
         score = mean if self.objective == "competition" else (mean + present) / 2
         best_t, best_a, per_class = [], [], {}
         default = (self.thresholds.index(0.5) if 0.5 in self.thresholds else 0, 0)
@@ -83,8 +85,8 @@ class CalibrationSearch:
                 "threshold": best_t[-1],
                 "min_area": best_a[-1],
                 "dice": float(mean[c, ti, ai]),
-                "dice_present": float(present[c, ti, ai]) if self.present[c] else None,
-                "images_present": int(self.present[c]),
+                "dice_present": float(present[c, ti, ai]) if self.images_present[c] else None,
+                "images_present": int(self.images_present[c]),
                 "score": float(score[c, ti, ai]),
                 "dice_at_default": float(mean[c][default]),
             }

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
+from train.calibrate import OBJECTIVES
+
 T = TypeVar("T")
 
 
@@ -70,7 +72,7 @@ class FitConfig:
             (not (self.synthetic_per_batch and not self.synthetic_data), "synthetic_per_batch needs synthetic_data"),
             (self.pos_weight is None or all(w > 0 for w in self.pos_weight), f"pos_weight must be > 0, got {self.pos_weight}"),
             (not (self.weight_other_classes and self.pos_weight is None), "weight_other_classes needs pos_weight"),
-            (self.calibrate_for in ("competition", "balanced"), f"calibrate_for must be competition or balanced, got {self.calibrate_for!r}"),
+            (self.calibrate_for in OBJECTIVES, f"calibrate_for must be one of {', '.join(OBJECTIVES)}, got {self.calibrate_for!r}"),
             (not (self.resume and self.init_weights), "resume and init_weights exclude each other: resume continues a run, init_weights starts a new one"),
         ]
         for ok, message in checks:
