@@ -66,7 +66,10 @@ class SupervisedThread:
 
     @property
     def healthy(self) -> bool:
-        if self.state in ("running", "restarting") and not self._thread.is_alive():
+        # Liveness first, state second: read the other way round, a thread that sets "finished"
+        # and exits between the two reads was marked "died" (a file source ending turned /healthz 503).
+        # A thread not yet started (no ident) has not ended.
+        if self._thread.ident is not None and not self._thread.is_alive() and self.state in ("running", "restarting"):
             self.state = "died"  # ended without passing through _main's bookkeeping
         return self.state not in UNHEALTHY
 
