@@ -352,3 +352,42 @@ def test_weight_other_classes_charges_a_class_firing_on_another_class_pixels():
         BceDiceLoss(pos_weight=(20.0, 20.0))(logits, clean).item(), rel=1e-6)
     with pytest.raises(ValueError, match="needs pos_weight"):
         BceDiceLoss(weight_other_classes=True)
+
+
+def test_ema_averages_parameters_copies_batch_norm_statistics_and_warms_up():
+    from torch import nn
+
+    from train.ema import ema_decay_at, ema_update
+
+    model, ema = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+        ema.weight.fill_(0.0)
+    ema_update(ema, model, decay=0.75)
+    assert torch.allclose(ema.weight, torch.full((3,), 0.5))  # 0.75 * 0 + 0.25 * 2
+    assert torch.equal(ema.running_mean, model.running_mean)
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_ema_run_ships_the_average_and_resume_restores_both_weights(tiny_data, tmp_path):
+    from train.checkpoint import read_checkpoint
+    from train.fit import FitData, TrainState, fit, prepare_data
+    from train.dist import Dist
+
+    a = fit(tiny_cfg(tiny_data, tmp_path / "a", epochs=2, ema_decay=0.99), progress=False)
+    assert "val_dice_without_ema" in a["history"][-1] and "val_dice_without_ema" not in a["history"][0]
+    ck = read_checkpoint(tmp_path / "a" / "last.pt")
+    shipped, trained = ck["state_dict"], ck["train_state_dict"]
+    assert any(not torch.equal(shipped[k], trained[k]) for k in shipped if "running_" not in k and "num_batches" not in k)
+    # Resume puts the trained weights back into the model and the average into the EMA.
+    cfg = tiny_cfg(tiny_data, tmp_path / "b", epochs=3, ema_decay=0.99, resume=str(tmp_path / "a" / "last.pt"))
+    d = Dist("cpu")
+    (tmp_path / "b").mkdir()
+    data: FitData = prepare_data(cfg, tmp_path / "b", d)
+    state = TrainState.new(cfg, data, d.device, steps_per_epoch=3)
+    state.resume(cfg, tmp_path / "b", d, steps_per_epoch=3)
+    assert all(torch.equal(v, trained[k]) for k, v in state.model.state_dict().items())
+    assert all(torch.equal(v, shipped[k]) for k, v in state.ema.state_dict().items())
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny_cfg(tiny_data, tmp_path / "c", ema_decay=1.0)

@@ -10,6 +10,7 @@ on top when configured), `record_epoch` (validation and checkpoints on rank 0),
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from train.checkpoint import model_from_checkpoint, read_checkpoint, save_checkp
 from train.config import FitConfig
 from train.datasets import CropDataset, SyntheticTopUp, estimate_mean_std, seeded_subset_indices, split_train_val
 from train.dist import Dist, epoch_order
+from train.ema import ema_decay_at, ema_update
 from train.finish import FinishedTraining, finish
 from train.losses import BceDiceLoss
 from train.model import UNetConfig, build_model
@@ -125,11 +127,15 @@ def prepare_data(cfg: FitConfig, out: Path, d: Dist) -> FitData:
 
 @dataclass
 class TrainState:
-    """Everything a checkpoint restores: weights, optimiser, schedule, best score, history."""
+    """Everything a checkpoint restores: weights, optimiser, schedule, best score, history.
+
+    With an EMA, a checkpoint's `state_dict` is the averaged model (what is validated,
+    calibrated, exported and shipped) and `train_state_dict` the weights being trained."""
 
     model: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: dict  # step, warmup, total, planned_epochs
+    ema: torch.nn.Module | None = None
     start_epoch: int = 0
     best_score: float = -1.0
     history: list[dict] = field(default_factory=list)
@@ -141,7 +147,15 @@ class TrainState:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = {"step": 0, "warmup": max(1, min(steps_per_epoch, round(cfg.warmup_fraction * cfg.epochs * steps_per_epoch))),
                  "total": cfg.epochs * steps_per_epoch, "planned_epochs": cfg.epochs}
-        return cls(model, opt, sched)
+        return cls(model, opt, sched, ema=copy.deepcopy(model).eval() if cfg.ema_decay else None)
+
+    @property
+    def inference_model(self) -> torch.nn.Module:
+        return self.ema if self.ema is not None else self.model
+
+    def update_ema(self, cfg: FitConfig) -> None:
+        if self.ema is not None:
+            ema_update(self.ema, self.model, ema_decay_at(self.sched["step"], cfg.ema_decay))
 
     def load_weights(self, cfg: FitConfig, data: FitData, d: Dist) -> None:
         """Start from another run's weights (pre-train then fine-tune); optimiser and schedule stay new."""
@@ -153,6 +167,8 @@ class TrainState:
         if theirs != ours:
             raise ValueError(f"{wpath}: its model {theirs} differs from this fit's {ours}; init_weights needs the same architecture")
         self.model.load_state_dict(source.state_dict())
+        if self.ema is not None:
+            self.ema.load_state_dict(source.state_dict())
         if d.main:
             log.info("weights initialised from %s", wpath)
 
@@ -160,7 +176,10 @@ class TrainState:
         rpath = Path(cfg.resume)
         rpath = rpath / "last.pt" if rpath.is_dir() else rpath
         ck = read_checkpoint(rpath)
-        self.model.load_state_dict(model_from_checkpoint(ck, str(rpath)).state_dict())
+        saved = model_from_checkpoint(ck, str(rpath)).state_dict()
+        self.model.load_state_dict(ck.get("train_state_dict", saved))
+        if self.ema is not None:
+            self.ema.load_state_dict(saved)  # a run that had no EMA starts one from its weights
         self.opt.load_state_dict(ck["optimizer"])
         self.sched = dict(ck["scheduler"])
         self.start_epoch, self.best_score = int(ck["epoch"]) + 1, float(ck["best_score"])
@@ -177,9 +196,13 @@ class TrainState:
             log.info("resumed from %s at epoch %d (best %.4f)", rpath, self.start_epoch, self.best_score)
 
     def checkpoint(self, cfg: FitConfig, data: FitData, epoch: int, t0: float) -> dict:
-        return {"model_config": data.model_cfg.to_dict(), "state_dict": self.model.state_dict(), "model_info": data.info.to_dict(),
-                "epoch": epoch, "best_score": self.best_score, "optimizer": self.opt.state_dict(), "scheduler": dict(self.sched),
-                "history": self.history, "fit_config": cfg.to_dict(), "elapsed_s": time.monotonic() - t0}
+        record = {"model_config": data.model_cfg.to_dict(), "state_dict": self.inference_model.state_dict(),
+                  "model_info": data.info.to_dict(), "epoch": epoch, "best_score": self.best_score, "optimizer": self.opt.state_dict(),
+                  "scheduler": dict(self.sched), "history": self.history, "fit_config": cfg.to_dict(),
+                  "elapsed_s": time.monotonic() - t0}
+        if self.ema is not None:
+            record["train_state_dict"] = self.model.state_dict()
+        return record
 
 
 class BudgetPlanner:
@@ -252,6 +275,7 @@ class EpochRunner:
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
             self.scaler.update()
+            state.update_ema(cfg)
             sched["step"] += 1
             losses.append(loss.item())
             if d.main and len(losses) % max(1, self.steps_per_epoch // 4) == 0 and len(losses) < self.steps_per_epoch:
@@ -267,7 +291,9 @@ def record_epoch(cfg: FitConfig, out: Path, data: FitData, state: TrainState, ep
     record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": state.opt.param_groups[0]["lr"]}
     is_last = epoch + 1 >= state.sched["planned_epochs"]
     if (epoch + 1) % cfg.val_every == 0 or is_last:
-        record.update(validate(state.model, data.val_ds, data.info, cfg.batch_size, loss_fn))
+        record.update(validate(state.inference_model, data.val_ds, data.info, cfg.batch_size, loss_fn))
+        if state.ema is not None and is_last:  # what the average bought, on the same images
+            record["val_dice_without_ema"] = validate(state.model, data.val_ds, data.info, cfg.batch_size, loss_fn)["val_dice"]
         if record["val_dice"] > state.best_score:
             state.best_score = record["val_dice"]
             record["best"] = True

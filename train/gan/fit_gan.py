@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from train.config import strict_from_dict
+from train.ema import ema_decay_at, ema_update
 from train.gan.discriminator import PatchDiscriminator
 from train.gan.generator import GeneratorConfig, InpaintGenerator, composite
 from train.gan.losses import d_adversarial, feature_matching, focal_frequency, g_adversarial, masked_l1, mode_seeking, r1_penalty
@@ -150,14 +151,6 @@ def load_generator(path: str | Path) -> tuple[InpaintGenerator, dict]:
     g.load_state_dict(record["state_dict"])
     meta = {k: v for k, v in record.items() if k != "state_dict"}
     return g.eval(), meta
-
-
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm, 1.0 - decay)
-        for be, bm in zip(ema.buffers(), model.buffers()):
-            be.copy_(bm)
 
 
 def held_out_pairs(held_images, num_classes: int, crop: int, seed: int, n: int) -> list[Pair]:
@@ -306,8 +299,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            # EMA warms up: early on a 0.999 average would mostly remember the random init.
-            _ema_update(ema, gen, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, gen, ema_decay_at(step, cfg.ema_decay))
             step += 1
             rec = {"step": step, "loss_d": loss_d.item(), "loss_g": loss_g.item(), "adv": adv.item(), "l1": l1.item(), "fm": fm.item(), "r1": r1.item(),
                    "ffl": ffl.item(), "ms": ms.item()}
