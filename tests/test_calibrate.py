@@ -48,3 +48,28 @@ def test_competition_prefers_silence_when_false_marks_outnumber_true_ones():
 def test_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="objective must be one of competition, balanced"):
         calibrate(_frames(), ("a",), (256, 1600), objective="recall")
+
+
+def test_iou_objective_pools_pixels_so_a_few_false_marks_do_not_silence_a_class():
+    pairs = _frames()
+    for logits, _ in pairs[4:]:
+        pairs.append((logits.copy(), np.zeros_like(pairs[0][1])))   # 4 found marks, 8 clean images with false marks
+    comp = calibrate(pairs, ("a",), (256, 1600), thresholds=(0.5,), objective="competition")
+    iou = calibrate(pairs, ("a",), (256, 1600), thresholds=(0.5,), objective="iou")
+    assert comp["min_areas"][0] > 60
+    # Kept: 240 px found, 480 px false -> IoU 240/720; deleted: IoU 0.
+    assert iou["min_areas"] == [0] and iou["objective"] == "iou"
+    assert iou["per_class"]["a"]["iou"] == pytest.approx(1 / 3) == iou["score"]
+
+
+def test_iou_objective_picks_the_threshold_that_covers_the_defect():
+    # A 10x10 defect whose lower four rows the model is unsure of (p ~ 0.38).
+    pairs = []
+    for _ in range(3):
+        logits = np.full((1, 64, 64), -6.0, np.float32)
+        logits[0, 10:16, 10:20], logits[0, 16:20, 10:20] = 3.0, -0.5
+        true = np.zeros((1, 64, 64), bool)
+        true[0, 10:20, 10:20] = True
+        pairs.append((logits, true))
+    iou = calibrate(pairs, ("a",), (64, 64), thresholds=(0.3, 0.5), objective="iou")
+    assert iou["thresholds"] == [0.3] and iou["per_class"]["a"]["iou"] == pytest.approx(1.0)

@@ -89,3 +89,45 @@ def test_evaluate_cli_prints_a_table(run_and_data):
     assert "competition Dice" in r.output and "dent" in r.output
     assert "[val, 4 images]" in r.output.replace("\n", "")  # not eaten as rich markup
     assert "mIoU incl. background" in r.output and "background" in r.output
+
+
+def test_calibrate_cli_rechooses_thresholds_for_iou_and_keeps_the_old_calibration(run_and_data, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from train.checkpoint import read_checkpoint
+    from train.cli import app
+    from train.evaluate import evaluate
+
+    src, data = run_and_data
+    run = tmp_path / "run"
+    shutil.copytree(src, run)   # the module's run stays as fit wrote it
+    before = json.loads((run / "calibration.json").read_text())
+    r = CliRunner().invoke(app, ["calibrate", str(run), "--data", str(data), "--objective", "iou"])
+    assert r.exit_code == 0, r.output
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal["objective"] == "iou" and cal["split"] == "val" and cal["n_images"] == 4
+    assert json.loads((run / "calibration_competition.json").read_text()) == before
+    assert cal["previous"]["objective"] == "competition"
+    assert cal["chosen_checkpoint_epoch"] == before["chosen_checkpoint_epoch"]
+    info = json.loads((run / "model_info.json").read_text())
+    assert info["thresholds"] == cal["thresholds"] and info["min_areas"] == cal["min_areas"]
+    assert read_checkpoint(run / "best.pt")["model_info"]["thresholds"] == cal["thresholds"]
+    # The IoU the search picked is the IoU `train evaluate` then measures with those settings.
+    res = evaluate(run, data)
+    for c in CLASSES:
+        assert cal["per_class"][c]["iou"] == pytest.approx(res["per_class_iou"][c])
+
+
+def test_calibrate_cli_refuses_an_unknown_objective_and_a_bare_checkpoint(run_and_data):
+    from typer.testing import CliRunner
+
+    from train.cli import app
+
+    run, data = run_and_data
+    wide = {"COLUMNS": "400"}   # the reason on one line, not wrapped in rich's box
+    r = CliRunner().invoke(app, ["calibrate", str(run), "--data", str(data), "--objective", "recall"], env=wide)
+    assert r.exit_code == 2 and "objective must be one of competition, balanced, iou" in r.output
+    r = CliRunner().invoke(app, ["calibrate", str(run / "best.pt"), "--data", str(data)], env=wide)
+    assert r.exit_code == 2 and "give the run folder" in r.output

@@ -8,6 +8,9 @@ best score over the validation images. Objectives:
   deletes every small true crack can still win, by removing false ones.
 - "balanced": the mean of that and Dice on the images where the class is present,
   so finding defects counts as much as staying quiet on clean steel.
+- "iou": the class's IoU over every pixel of the split, the per-class term of the
+  mIoU that NEU-Seg papers publish (background's IoU moves with every class's
+  choice, so it is not searched jointly).
 
 Masks are made with the edge's own `inspect_edge.postprocess.masks_from_logits`,
 so the service sees exactly what was calibrated. Streaming: logits are never all
@@ -28,7 +31,7 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Minimum areas as fractions of the frame: 256x1600 gives 0, 205, 410, 1024, 2048, 4096 px,
 # the range Severstal's winners searched; a 200x200 frame scales down with it.
 AREA_FRACTIONS = (0.0, 0.0005, 0.001, 0.0025, 0.005, 0.01)
-OBJECTIVES = ("competition", "balanced")
+OBJECTIVES = ("competition", "balanced", "iou")
 
 
 def area_grid(frame_hw: tuple[int, int]) -> tuple[int, ...]:
@@ -50,6 +53,8 @@ class CalibrationSearch:
         self.sums = np.zeros(shape, np.float64)
         self.present_sums = np.zeros(shape, np.float64)   # the same, over images where the class is present
         self.images_present = np.zeros(self.num_classes, np.int64)
+        self.inter = np.zeros(shape, np.int64)   # pixels, pooled over the split ("iou" only)
+        self.union = np.zeros(shape, np.int64)
         self.n = 0
 
     def update(self, logits: np.ndarray, true: np.ndarray) -> None:
@@ -60,6 +65,9 @@ class CalibrationSearch:
             for ai, a in enumerate(self.min_areas):
                 pred = masks_from_logits(logits, (t,) * k, (a,) * k)
                 dice[:, ti, ai] = [dice_pair(pred[c], true[c]) for c in range(k)]
+                if self.objective == "iou":
+                    self.inter[:, ti, ai] += (pred & true).reshape(k, -1).sum(axis=1)
+                    self.union[:, ti, ai] += (pred | true).reshape(k, -1).sum(axis=1)
         has = true.reshape(k, -1).any(axis=1)
         self.sums += dice
         self.present_sums[has] += dice[has]
@@ -73,7 +81,8 @@ class CalibrationSearch:
         # A class present in no validation image has no present-image Dice: it is judged on pairs alone.
         seen = self.images_present[:, None, None]
         present = np.where(seen > 0, self.present_sums / np.maximum(seen, 1), mean)
-        score = mean if self.objective == "competition" else (mean + present) / 2
+        iou = np.where(self.union > 0, self.inter / np.maximum(self.union, 1), 1.0)  # nothing anywhere: perfect
+        score = {"competition": mean, "balanced": (mean + present) / 2, "iou": iou}[self.objective]
         best_t, best_a, per_class = [], [], {}
         default = (self.thresholds.index(0.5) if 0.5 in self.thresholds else 0, 0)
         for c, name in enumerate(classes):
@@ -90,6 +99,8 @@ class CalibrationSearch:
                 "score": float(score[c, ti, ai]),
                 "dice_at_default": float(mean[c][default]),
             }
+            if self.objective == "iou":
+                per_class[name]["iou"] = float(iou[c, ti, ai])
         return {
             "objective": self.objective,
             "score": float(np.mean([per_class[n]["score"] for n in classes])),

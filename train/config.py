@@ -54,7 +54,7 @@ class FitConfig:
     synthetic_per_batch: int = 0  # synthetic crops per step, on top of batch_size real ones
     pos_weight: list[float] | None = None  # per class: weight of a defect pixel in the BCE term (thin classes)
     weight_other_classes: bool = False  # another class's pixel counts against a class as its own pixel does
-    calibrate_for: str = "competition"  # thresholds/min areas: "competition" Dice, or "balanced" with Dice on present images
+    calibrate_for: str = "competition"  # thresholds/min areas: "competition" Dice, "balanced" with Dice on present images, or pixel "iou"
     ema_decay: float | None = None  # validate, calibrate and ship an exponential moving average of the weights
 
     def __post_init__(self) -> None:

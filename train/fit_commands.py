@@ -1,4 +1,4 @@
-"""`train fit` and `train evaluate`: flags map one-to-one onto FitConfig / evaluate()."""
+"""`train fit`, `train evaluate` and `train calibrate`: flags map one-to-one onto FitConfig / evaluate() / recalibrate()."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     def fit(
         data: list[Path] = typer.Option(..., "--data", help="Data set folder (Severstal CSV, mask folders, CVAT masks); repeat to merge several with the same classes."),
         out: Path = typer.Option(..., "--out", help="Run folder to write (checkpoints, model_info.json, metrics, pictures)."),
-        size: str = typer.Option("nano", "--size", help="Model size: nano, small or base."),
+        size: str = typer.Option("nano", "--size", help="Model size: nano, nano-deep, small or base."),
         epochs: int = typer.Option(30, "--epochs", help="Epochs (cut to fit --time-budget-min)."),
         time_budget_min: Optional[float] = typer.Option(None, "--time-budget-min", help="Stop by itself within this many minutes of training."),
         batch_size: int = typer.Option(8, "--batch-size"),
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         defect_crop_prob: float = typer.Option(0.5, "--defect-crop-prob", help="Share of training crops placed over a defect."),
         pos_weight: Optional[str] = typer.Option(None, "--pos-weight", help="Per class, comma-separated: weight of a defect pixel in the BCE term (e.g. 20,20,1,1 for thin pits and cracks)."),
         weight_other_classes: bool = typer.Option(False, "--weight-other-classes", help="With --pos-weight: a pixel of another defect class counts against a class as much as its own defect pixel (stops a heavily weighted class firing on every mark)."),
-        calibrate_for: str = typer.Option("competition", "--calibrate-for", help="Thresholds and minimum areas chosen for 'competition' Dice (rewards silence on clean images) or 'balanced' (its mean with Dice on the images where the class is present)."),
+        calibrate_for: str = typer.Option("competition", "--calibrate-for", help="Thresholds and minimum areas chosen for 'competition' Dice (rewards silence on clean images), 'balanced' (its mean with Dice on the images where the class is present) or 'iou' (each class's pixel IoU over the split, the mIoU papers publish)."),
         ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, calibrate and ship an exponential moving average of the weights (e.g. 0.999)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads per process."),
@@ -101,6 +101,27 @@ def register(app: typer.Typer) -> None:
             f"written to {where / res['written_to']}"
         )
 
+
+    @app.command("calibrate")
+    def calibrate_run(
+        run: Path = typer.Argument(..., help="Run folder written by `train fit`."),
+        data: Path = typer.Option(..., "--data", help="Data set folder."),
+        split: Optional[str] = typer.Option(None, "--split", help="Split to calibrate on (default: 'val', else the run's hold-out)."),
+        objective: str = typer.Option("iou", "--objective", help="competition, balanced or iou (see `train fit --calibrate-for`)."),
+        batch_size: int = typer.Option(8, "--batch-size"),
+    ) -> None:
+        """Choose a finished run's thresholds and minimum areas again for another objective (weights unchanged)."""
+        from train.recalibrate import recalibrate
+
+        try:
+            cal = recalibrate(run, data, split, objective=objective, batch_size=batch_size)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        typer.echo(
+            f"{run}: calibrated for {cal['objective']} on {cal['n_images']} {cal['split']} images: thresholds "
+            f"{cal['thresholds']} min areas {cal['min_areas']} (were {cal['previous']['thresholds']} / "
+            f"{cal['previous']['min_areas']}); score {cal['score']:.4f}, competition Dice {cal['competition_dice']:.4f}"
+        )
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.4f}"

@@ -1,0 +1,66 @@
+"""`train calibrate`: choose a finished run's thresholds and minimum areas again, for another objective.
+
+`train fit` calibrates once, for the objective it was given; a run judged by another
+metric (NEU-Seg papers publish pixel IoU, mills care about images with a missed defect)
+should not need retraining to be calibrated for it. The weights do not change: only the
+per-class thresholds and minimum areas in `model_info.json`, `best.pt` and
+`calibration.json`. The calibration being replaced is kept beside it, named by its
+objective, so the two can be compared and the old one restored by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from inspect_edge.data import open_dataset
+from train.calibrate import OBJECTIVES, calibrate
+from train.checkpoint import load_run, read_checkpoint, save_checkpoint
+from train.evaluate import pick_split
+from train.predict import iter_dataset_logits
+
+log = logging.getLogger("train.calibrate")
+
+
+def recalibrate(run: str | Path, data: str | Path, split: str | None = None, *,
+                objective: str = "iou", batch_size: int = 8) -> dict:
+    run = Path(run)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not run.is_dir():
+        raise ValueError(f"{run}: give the run folder written by `train fit` (its best.pt, model_info.json "
+                         "and calibration.json are rewritten together)")
+    model, info = load_run(run)
+    ds = open_dataset(data)
+    if tuple(ds.classes) != tuple(info.classes):
+        raise ValueError(f"{data}: classes {list(ds.classes)} differ from the model's {list(info.classes)}")
+    cal_ds, split_name = pick_split(ds, run, split)
+    if len(cal_ds) == 0:
+        raise ValueError(f"{data}: split {split_name!r} is empty")
+
+    t0 = time.monotonic()
+    pairs = ((logits, s.masks) for s, logits in iter_dataset_logits(model, cal_ds, info, batch_size=batch_size))
+    cal = calibrate(pairs, info.classes, (info.input_height, info.input_width), objective=objective)
+    cal["split"] = split_name
+    cal["previous"] = {"thresholds": list(info.thresholds), "min_areas": list(info.min_areas)}
+
+    old_path = run / "calibration.json"
+    if old_path.is_file():
+        old = json.loads(old_path.read_text())
+        cal["previous"]["objective"] = old.get("objective")
+        if "chosen_checkpoint_epoch" in old:  # fit's choice of epoch stands: only the post-processing changes
+            cal["chosen_checkpoint_epoch"] = old["chosen_checkpoint_epoch"]
+        (run / f"calibration_{old.get('objective') or 'previous'}.json").write_text(old_path.read_text())
+
+    info = info.replace(thresholds=tuple(cal["thresholds"]), min_areas=tuple(cal["min_areas"]))
+    ck = read_checkpoint(run / "best.pt")
+    ck["model_info"] = info.to_dict()
+    save_checkpoint(run / "best.pt", **{k: v for k, v in ck.items() if k not in ("format", "format_version")})
+    info.save(run / "model_info.json")
+    old_path.write_text(json.dumps(cal, indent=2) + "\n")
+    log.info("%s recalibrated (%s) on %d %s images in %.1fs: thresholds %s min_areas %s (were %s / %s)",
+             run, objective, cal["n_images"], split_name, time.monotonic() - t0, cal["thresholds"],
+             cal["min_areas"], cal["previous"]["thresholds"], cal["previous"]["min_areas"])
+    return cal
