@@ -24,18 +24,26 @@ DEFAULT_CLASSES = ("pits", "cracks", "scratches", "patches")
 
 
 class TorchContender(Contender):
-    def __init__(self, model, threads: int | None, device: str = "cpu", fp16: bool = False) -> None:
+    def __init__(self, model, threads: int | None, device: str = "cpu", fp16: bool = False,
+                 flips: tuple[str, ...] = ()) -> None:
         import torch
 
-        self.torch = torch
+        self.torch, self.flips = torch, tuple(flips)
         self.device, self.threads = device, threads
         self.precision = "fp16" if fp16 else "fp32"
         self.name = "pytorch-eager-cpu" if device == "cpu" else f"pytorch-cuda-{self.precision}"
+        if self.flips:   # the same flip views the edge backends run for this model
+            self.name += f"+flips-{''.join(self.flips)}"
         self.model = model.to(device).eval()
         if fp16:
             self.model = self.model.half()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        from inspect_edge.flip_average import flip_average
+
+        return flip_average(self._forward, batch, self.flips, self.max_batch)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -95,12 +103,13 @@ class TorchBenchPlugin:
         if weights is None:
             return [], [f"pytorch-eager-cpu: not measured ({model.onnx} is a plain ONNX file; "
                         "pass its run folder or checkpoint to time PyTorch on the same weights)"]
-        found: list[Contender] = [TorchContender(weights, threads)]
+        flips = model.info.tta_flips
+        found: list[Contender] = [TorchContender(weights, threads, flips=flips)]
         skipped = []
         if torch.cuda.is_available():
             import copy
 
-            found.append(TorchContender(copy.deepcopy(weights), None, "cuda", fp16=True))
+            found.append(TorchContender(copy.deepcopy(weights), None, "cuda", fp16=True, flips=flips))
         else:
             skipped.append("pytorch-cuda-fp16: not measured (no CUDA device)")
         return found, skipped

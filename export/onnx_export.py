@@ -133,7 +133,7 @@ def pytorch_vs_onnxruntime(model: torch.nn.Module, onnx_path: str | Path, images
 
     backend = OnnxRuntimeBackend(onnx_path)
     info = backend.info
-    ref = predict_logits(model, images, info, batch_size=batch_size)
+    ref = predict_logits(model, images, info, batch_size=batch_size, tta=False)   # one pass each side
     cand = np.concatenate([backend.infer(normalise(images[i:i + batch_size], info))
                            for i in range(0, len(images), batch_size)])
     label = "onnxruntime-cpu" + ("-fp16" if info.precision == "fp16" else "")

@@ -9,7 +9,8 @@ Pre-processing contract: a grayscale uint8 frame `u` becomes the model input
 `(u / 255 - mean) / std` as float32, shape (N, channels, input_height, input_width).
 The model outputs one logit map per defect class, shape (N, len(classes), H, W);
 a pixel belongs to class k when sigmoid(logit) >= thresholds[k], and connected
-components smaller than min_areas[k] pixels are dropped.
+components smaller than min_areas[k] pixels are dropped. `tta_flips` ("h", "v") names
+the mirrored views whose logits are averaged before that (`inspect_edge.flip_average`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ModelInfo:
     source_run: str = ""
     arch: str = ""
     precision: str = "fp32"
+    tta_flips: tuple[str, ...] = ()  # flip test-time augmentation the edge applies: "h", "v" or both
     content_hash: str = ""
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -58,6 +60,7 @@ class ModelInfo:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         object.__setattr__(self, "min_areas", tuple(int(a) for a in self.min_areas))
+        object.__setattr__(self, "tta_flips", tuple(self.tta_flips))
         self.validate()
 
     @property
@@ -88,6 +91,8 @@ class ModelInfo:
             raise ModelInfoError(f"min_areas: must be >= 0, got {list(self.min_areas)}")
         if self.precision not in ("fp32", "fp16", "int8"):
             raise ModelInfoError(f"precision: must be fp32, fp16 or int8, got {self.precision!r}")
+        if any(f not in ("h", "v") for f in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
+            raise ModelInfoError(f"tta_flips: each of 'h' and 'v' at most once, got {list(self.tta_flips)}")
 
     # ---- conversions -------------------------------------------------------
     def to_dict(self) -> dict:
@@ -95,6 +100,7 @@ class ModelInfo:
         d["classes"] = list(self.classes)
         d["thresholds"] = list(self.thresholds)
         d["min_areas"] = list(self.min_areas)
+        d["tta_flips"] = list(self.tta_flips)
         d["schema_version"] = SCHEMA_VERSION
         return d
 

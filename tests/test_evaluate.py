@@ -131,3 +131,25 @@ def test_calibrate_cli_refuses_an_unknown_objective_and_a_bare_checkpoint(run_an
     assert r.exit_code == 2 and "objective must be one of competition, balanced, iou" in r.output
     r = CliRunner().invoke(app, ["calibrate", str(run / "best.pt"), "--data", str(data)], env=wide)
     assert r.exit_code == 2 and "give the run folder" in r.output
+
+
+def test_calibrate_with_flip_tta_records_it_and_evaluate_scores_with_it(run_and_data, tmp_path):
+    import shutil
+
+    from train.checkpoint import load_run
+    from train.evaluate import evaluate
+    from train.recalibrate import recalibrate
+
+    src, data = run_and_data
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    cal = recalibrate(run, data, objective="iou", tta="hv")
+    assert cal["tta_flips"] == ["h", "v"] and cal["previous"]["tta_flips"] == []
+    _, info = load_run(run)
+    assert info.tta_flips == ("h", "v")
+    res = evaluate(run, data)   # scored through the same four views the calibration saw
+    for c in CLASSES:
+        assert cal["per_class"][c]["iou"] == pytest.approx(res["per_class_iou"][c])
+    assert recalibrate(run, data, objective="iou", tta="none")["tta_flips"] == []
+    with pytest.raises(ValueError, match="tta must be none, h, v or hv"):
+        recalibrate(run, data, tta="hh")

@@ -192,3 +192,24 @@ def test_cli_info_rejects_onnx_without_our_metadata(tmp_path):
     onnx.save(proto, str(tmp_path / "plain.onnx"))
     r = CliRunner().invoke(app, ["info", str(tmp_path / "plain.onnx")])
     assert r.exit_code == 2 and "no inspect-edge metadata" in r.output and r.output.count("\n") == 1
+
+
+def test_a_model_with_flip_tta_exports_checks_one_pass_and_serves_the_average(tmp_path):
+    from train.predict import predict_logits
+
+    model = TwoConvs().eval()
+    path = tmp_path / "tta.onnx"
+    written = export_onnx(model, INFO.replace(tta_flips=("h",)), path)
+    assert written.tta_flips == ("h",)
+    images = textured_images(INFO, 3)
+    report = pytorch_vs_onnxruntime(model, path, images)   # engine against model, one pass each
+    assert report.passed, report.lines()
+    # What the service runs is what `train evaluate` scores: the flip-averaged logits.
+    from inspect_edge.preprocess import normalise
+
+    with open_backend(path, threads=1) as served:
+        got = served.infer(normalise(np.stack(images), written))
+    want = predict_logits(model, images, written)
+    plain = predict_logits(model, images, written, tta=False)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(want - plain).max() > 1e-3    # the flips change the answer of this model

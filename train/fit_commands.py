@@ -108,13 +108,14 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="Data set folder."),
         split: Optional[str] = typer.Option(None, "--split", help="Split to calibrate on (default: 'val', else the run's hold-out)."),
         objective: str = typer.Option("iou", "--objective", help="competition, balanced or iou (see `train fit --calibrate-for`)."),
+        tta: Optional[str] = typer.Option(None, "--tta", help="Flip test-time augmentation the model runs with from now on, everywhere it runs: none, h (along the strip), v or hv (4 views). Default: keep the run's."),
         batch_size: int = typer.Option(8, "--batch-size"),
     ) -> None:
         """Choose a finished run's thresholds and minimum areas again for another objective (weights unchanged)."""
         from train.recalibrate import recalibrate
 
         try:
-            cal = recalibrate(run, data, split, objective=objective, batch_size=batch_size)
+            cal = recalibrate(run, data, split, objective=objective, batch_size=batch_size, tta=tta)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
         typer.echo(

@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from inspect_edge.flip_average import flip_average
 from inspect_edge.model_info import ModelInfo
 from inspect_edge.preprocess import normalise
 
@@ -28,11 +29,14 @@ def predict_logits(
     *,
     batch_size: int = 8,
     device: str | torch.device | None = None,
+    tta: bool = True,
 ) -> np.ndarray:
     """uint8 grey frames (list of (H, W) or array (N, H, W)) -> float32 logits (N, K, H, W).
 
     All frames must share one size (the result is one array); the model pads
-    internally, so the size need not be a multiple of 32.
+    internally, so the size need not be a multiple of 32. The flip views in
+    `info.tta_flips` are averaged, as the edge does, unless `tta` is False (parity
+    checks compare one engine pass with another).
     """
     if isinstance(images, np.ndarray) and images.ndim == 2:
         images = images[None]
@@ -50,11 +54,14 @@ def predict_logits(
     model.eval()
     h, w = images[0].shape
     out = np.empty((len(images), info.num_classes, h, w), np.float32)
+    flips = info.tta_flips if tta else ()
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
     with torch.no_grad():
         for idx in _batches_by_shape(images, batch_size):
-            x = normalise(np.stack([images[i] for i in idx]), info)
-            y = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-            out[idx] = y
+            out[idx] = flip_average(forward, normalise(np.stack([images[i] for i in idx]), info), flips)
     return out
 
 

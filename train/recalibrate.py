@@ -3,8 +3,8 @@
 `train fit` calibrates once, for the objective it was given; a run judged by another
 metric (NEU-Seg papers publish pixel IoU, mills care about images with a missed defect)
 should not need retraining to be calibrated for it. The weights do not change: only the
-per-class thresholds and minimum areas in `model_info.json`, `best.pt` and
-`calibration.json`. The calibration being replaced is kept beside it, named by its
+per-class thresholds and minimum areas (and, when asked, the flip test-time augmentation
+they are chosen for) in `model_info.json`, `best.pt` and `calibration.json`. The calibration being replaced is kept beside it, named by its
 objective, so the two can be compared and the old one restored by hand.
 """
 
@@ -24,8 +24,18 @@ from train.predict import iter_dataset_logits
 log = logging.getLogger("train.calibrate")
 
 
+def parse_flips(text: str) -> tuple[str, ...]:
+    """'none' | 'h' | 'v' | 'hv' -> the ModelInfo.tta_flips tuple."""
+    flips = () if text == "none" else tuple(text)
+    if text != "none" and (not flips or any(f not in "hv" for f in flips) or len(set(flips)) != len(flips)):
+        raise ValueError(f"tta must be none, h, v or hv, got {text!r}")
+    return flips
+
+
 def recalibrate(run: str | Path, data: str | Path, split: str | None = None, *,
-                objective: str = "iou", batch_size: int = 8) -> dict:
+                objective: str = "iou", batch_size: int = 8, tta: str | None = None) -> dict:
+    """`tta` (none, h, v, hv) changes the flip views the model runs with before calibrating
+    for them; None keeps the run's."""
     run = Path(run)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -33,6 +43,9 @@ def recalibrate(run: str | Path, data: str | Path, split: str | None = None, *,
         raise ValueError(f"{run}: give the run folder written by `train fit` (its best.pt, model_info.json "
                          "and calibration.json are rewritten together)")
     model, info = load_run(run)
+    previous_flips = list(info.tta_flips)
+    if tta is not None:
+        info = info.replace(tta_flips=parse_flips(tta))
     ds = open_dataset(data)
     if tuple(ds.classes) != tuple(info.classes):
         raise ValueError(f"{data}: classes {list(ds.classes)} differ from the model's {list(info.classes)}")
@@ -44,7 +57,8 @@ def recalibrate(run: str | Path, data: str | Path, split: str | None = None, *,
     pairs = ((logits, s.masks) for s, logits in iter_dataset_logits(model, cal_ds, info, batch_size=batch_size))
     cal = calibrate(pairs, info.classes, (info.input_height, info.input_width), objective=objective)
     cal["split"] = split_name
-    cal["previous"] = {"thresholds": list(info.thresholds), "min_areas": list(info.min_areas)}
+    cal["tta_flips"] = list(info.tta_flips)
+    cal["previous"] = {"thresholds": list(info.thresholds), "min_areas": list(info.min_areas), "tta_flips": previous_flips}
 
     old_path = run / "calibration.json"
     if old_path.is_file():

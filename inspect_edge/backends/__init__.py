@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from inspect_edge.backends.base import Backend, BackendError
+from inspect_edge.backends.base import Backend, BackendError, FlipAveraging
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -62,7 +62,12 @@ def open_backend(
     A TensorRT backend must be opened in the thread that will call `infer`
     (CUDA contexts and streams belong to a thread).
     """
-    path = Path(model_path)
+    opened = _open(Path(model_path), backend, threads, engine_cache)
+    # The model's flip test-time augmentation, if it has one, wraps whichever engine runs it.
+    return FlipAveraging(opened) if opened.info.tta_flips else opened
+
+
+def _open(path: Path, backend: str | BackendName, threads: int | None, engine_cache: str | Path | None) -> Backend:
     name = _resolve(path, backend)
     if name is BackendName.onnxruntime:
         from inspect_edge.backends.onnxruntime_backend import OnnxRuntimeBackend

@@ -48,3 +48,38 @@ class Backend(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class FlipAveraging(Backend):
+    """A backend that runs the flip test-time augmentation its model asks for
+    (`ModelInfo.tta_flips`): every caller of `infer` (the service, the bench) pays for and
+    gets the same averaged logits that `train evaluate` scored."""
+
+    def __init__(self, inner: Backend) -> None:
+        from inspect_edge.flip_average import views
+
+        self.inner, self.info = inner, inner.info
+        self.name = f"{inner.name}+flips-{''.join(inner.info.tta_flips)}"
+        self._views = len(views(inner.info.tta_flips))
+
+    @property
+    def precision(self) -> str:
+        return self.inner.precision
+
+    @property
+    def max_batch(self) -> int:
+        return max(1, self.inner.max_batch // self._views)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        from inspect_edge.flip_average import flip_average
+
+        return flip_average(self.inner.infer, batch, self.info.tta_flips, self.inner.max_batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name):
+        # Backend-specific attributes (a TensorRT engine's path, its sidecar) stay reachable.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

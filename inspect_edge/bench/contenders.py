@@ -99,13 +99,14 @@ def builtin_contenders(model: BenchModel, threads: int, *, tensorrt: bool = True
     with (tensorrt-fp16, or tensorrt-fp32 after a fallback)."""
     from inspect_edge.backends import open_backend
 
+    tta = f"+flips-{''.join(model.info.tta_flips)}" if model.info.tta_flips else ""  # its views are timed too
     found: list[Contender] = [BackendContender(open_backend(model.onnx, "onnxruntime", threads),
-                                               "onnxruntime-cpu", "cpu", threads)]
+                                               f"onnxruntime-cpu{tta}", "cpu", threads)]
     skipped: list[str] = []
     if tensorrt:
         try:
             trt = open_backend(model.onnx, "tensorrt", engine_cache=engine_cache)
-            found.append(BackendContender(trt, f"tensorrt-{trt.precision}", "cuda", None))
+            found.append(BackendContender(trt, f"tensorrt-{trt.precision}{tta}", "cuda", None))
         except Exception as e:  # no tensorrt/pycuda/GPU: the reason goes into the record
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             skipped.append(f"tensorrt: not measured ({reason[:200]})")
