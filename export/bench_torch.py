@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from inspect_edge.bench.contenders import BenchModel, Contender
+from inspect_edge.flip_average import flip_average, flips_label
 from inspect_edge.model_info import ModelInfo
 
 DEFAULT_CLASSES = ("pits", "cracks", "scratches", "patches")
@@ -32,15 +33,12 @@ class TorchContender(Contender):
         self.device, self.threads = device, threads
         self.precision = "fp16" if fp16 else "fp32"
         self.name = "pytorch-eager-cpu" if device == "cpu" else f"pytorch-cuda-{self.precision}"
-        if self.flips:   # the same flip views the edge backends run for this model
-            self.name += f"+flips-{''.join(self.flips)}"
+        self.name += flips_label(self.flips)   # the same flip views the edge backends run for this model
         self.model = model.to(device).eval()
         if fp16:
             self.model = self.model.half()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        from inspect_edge.flip_average import flip_average
-
         return flip_average(self._forward, batch, self.flips, self.max_batch)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:

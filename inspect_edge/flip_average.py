@@ -24,6 +24,11 @@ def views(flips: tuple[str, ...]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in combinations(axes, r)]
 
 
+def flips_label(flips: tuple[str, ...]) -> str:
+    """Suffix that names an engine running these views ("+flips-hv"; "" for none)."""
+    return f"+flips-{''.join(flips)}" if flips else ""
+
+
 def flip_average(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, flips: tuple[str, ...],
                  max_batch: int | None = None) -> np.ndarray:
     """Average of `run` over the flipped views of `batch`, each mirrored back.

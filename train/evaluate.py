@@ -40,6 +40,18 @@ def pick_split(ds, run: Path, split: str | None):
     return ds.subset(idx), "run validation hold-out"
 
 
+def open_split_for(run: Path, data: str | Path, split: str | None, classes: tuple[str, ...]):
+    """(split view, its name) of `data` for a run whose model has `classes`: a data set with other
+    classes or an empty split is refused with the reason."""
+    ds = open_dataset(data)
+    if tuple(ds.classes) != tuple(classes):
+        raise ValueError(f"{data}: classes {list(ds.classes)} differ from the model's {list(classes)}")
+    view, name = pick_split(ds, run, split)
+    if len(view) == 0:
+        raise ValueError(f"{data}: split {name!r} is empty")
+    return view, name
+
+
 def output_names(split: str | None) -> tuple[str, str]:
     """(evaluation JSON, worst-cases picture) for the requested split: the default (None or
     `val`) keeps the plain names, any other split gets its own, so scoring `--split test`
@@ -68,12 +80,7 @@ def evaluate(run: str | Path, data: str | Path, split: str | None = None, *, bat
              timing_images: int = 10, worst: int = 6, out: str | Path | None = None) -> dict:
     run = Path(run)
     model, info = load_run(run)
-    ds = open_dataset(data)
-    if tuple(ds.classes) != tuple(info.classes):
-        raise ValueError(f"{data}: classes {list(ds.classes)} differ from the model's {list(info.classes)}")
-    eval_ds, split_name = pick_split(ds, run, split)
-    if len(eval_ds) == 0:
-        raise ValueError(f"{data}: split {split_name!r} is empty")
+    eval_ds, split_name = open_split_for(run, data, split, info.classes)
     k = info.num_classes
     acc, empty_acc = DiceAccumulator(k), DiceAccumulator(k)
     missed = np.zeros(k, np.int64)  # images where class present in truth, nothing predicted

@@ -44,6 +44,17 @@ class FinishedTraining:
     n_train_all: int  # before the labelled-fraction subset
 
 
+def store_calibration(out: Path, ck: dict, info: ModelInfo, cal: dict) -> ModelInfo:
+    """Write a calibration's thresholds and minimum areas into the run's three copies
+    (calibration.json, model_info.json and best.pt's model_info); the updated info."""
+    info = info.replace(thresholds=tuple(cal["thresholds"]), min_areas=tuple(cal["min_areas"]))
+    (out / "calibration.json").write_text(json.dumps(cal, indent=2) + "\n")
+    info.save(out / "model_info.json")
+    ck["model_info"] = info.to_dict()
+    save_checkpoint(out / "best.pt", **{k: v for k, v in ck.items() if k not in ("format", "format_version")})
+    return info
+
+
 def finish(t: FinishedTraining) -> dict:
     """Calibrate the best and the last epoch on validation, keep whichever calibrates better,
     store its thresholds with it, write results and pictures.
@@ -75,11 +86,7 @@ def finish(t: FinishedTraining) -> dict:
     cal["candidates"] = {f"epoch {c[0]['epoch'] + 1}": c[2]["score"] for c in candidates.values()}
     log.info("keeping epoch %d as best.pt (calibrated %s score %.4f, competition Dice %.4f)", ck["epoch"] + 1,
              cal["objective"], cal["score"], cal["competition_dice"])
-    info = info.replace(thresholds=tuple(cal["thresholds"]), min_areas=tuple(cal["min_areas"]))
-    (out / "calibration.json").write_text(json.dumps(cal, indent=2) + "\n")
-    info.save(out / "model_info.json")
-    ck["model_info"] = info.to_dict()
-    save_checkpoint(out / "best.pt", **{k: v for k, v in ck.items() if k not in ("format", "format_version")})
+    info = store_calibration(out, ck, info, cal)
 
     plot_curves(t.history, out / "curves.png")
     rows = []

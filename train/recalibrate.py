@@ -15,10 +15,10 @@ import logging
 import time
 from pathlib import Path
 
-from inspect_edge.data import open_dataset
 from train.calibrate import OBJECTIVES, calibrate
-from train.checkpoint import load_run, read_checkpoint, save_checkpoint
-from train.evaluate import pick_split
+from train.checkpoint import load_run, read_checkpoint
+from train.evaluate import open_split_for
+from train.finish import store_calibration
 from train.predict import iter_dataset_logits
 
 log = logging.getLogger("train.calibrate")
@@ -46,12 +46,7 @@ def recalibrate(run: str | Path, data: str | Path, split: str | None = None, *,
     previous_flips = list(info.tta_flips)
     if tta is not None:
         info = info.replace(tta_flips=parse_flips(tta))
-    ds = open_dataset(data)
-    if tuple(ds.classes) != tuple(info.classes):
-        raise ValueError(f"{data}: classes {list(ds.classes)} differ from the model's {list(info.classes)}")
-    cal_ds, split_name = pick_split(ds, run, split)
-    if len(cal_ds) == 0:
-        raise ValueError(f"{data}: split {split_name!r} is empty")
+    cal_ds, split_name = open_split_for(run, data, split, info.classes)
 
     t0 = time.monotonic()
     pairs = ((logits, s.masks) for s, logits in iter_dataset_logits(model, cal_ds, info, batch_size=batch_size))
@@ -62,18 +57,14 @@ def recalibrate(run: str | Path, data: str | Path, split: str | None = None, *,
 
     old_path = run / "calibration.json"
     if old_path.is_file():
-        old = json.loads(old_path.read_text())
+        old_text = old_path.read_text()
+        old = json.loads(old_text)
         cal["previous"]["objective"] = old.get("objective")
         if "chosen_checkpoint_epoch" in old:  # fit's choice of epoch stands: only the post-processing changes
             cal["chosen_checkpoint_epoch"] = old["chosen_checkpoint_epoch"]
-        (run / f"calibration_{old.get('objective') or 'previous'}.json").write_text(old_path.read_text())
+        (run / f"calibration_{old.get('objective') or 'previous'}.json").write_text(old_text)
 
-    info = info.replace(thresholds=tuple(cal["thresholds"]), min_areas=tuple(cal["min_areas"]))
-    ck = read_checkpoint(run / "best.pt")
-    ck["model_info"] = info.to_dict()
-    save_checkpoint(run / "best.pt", **{k: v for k, v in ck.items() if k not in ("format", "format_version")})
-    info.save(run / "model_info.json")
-    old_path.write_text(json.dumps(cal, indent=2) + "\n")
+    store_calibration(run, read_checkpoint(run / "best.pt"), info, cal)
     log.info("%s recalibrated (%s) on %d %s images in %.1fs: thresholds %s min_areas %s (were %s / %s)",
              run, objective, cal["n_images"], split_name, time.monotonic() - t0, cal["thresholds"],
              cal["min_areas"], cal["previous"]["thresholds"], cal["previous"]["min_areas"])

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from inspect_edge.flip_average import flip_average, flips_label, views
 from inspect_edge.model_info import ModelInfo
 
 
@@ -56,10 +57,8 @@ class FlipAveraging(Backend):
     gets the same averaged logits that `train evaluate` scored."""
 
     def __init__(self, inner: Backend) -> None:
-        from inspect_edge.flip_average import views
-
         self.inner, self.info = inner, inner.info
-        self.name = f"{inner.name}+flips-{''.join(inner.info.tta_flips)}"
+        self.name = inner.name + flips_label(inner.info.tta_flips)
         self._views = len(views(inner.info.tta_flips))
 
     @property
@@ -71,8 +70,6 @@ class FlipAveraging(Backend):
         return max(1, self.inner.max_batch // self._views)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        from inspect_edge.flip_average import flip_average
-
         return flip_average(self.inner.infer, batch, self.info.tta_flips, self.inner.max_batch)
 
     def close(self) -> None:

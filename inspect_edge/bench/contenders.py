@@ -98,8 +98,9 @@ def builtin_contenders(model: BenchModel, threads: int, *, tensorrt: bool = True
     The TensorRT contender is named after the precision its engine was really built
     with (tensorrt-fp16, or tensorrt-fp32 after a fallback)."""
     from inspect_edge.backends import open_backend
+    from inspect_edge.flip_average import flips_label
 
-    tta = f"+flips-{''.join(model.info.tta_flips)}" if model.info.tta_flips else ""  # its views are timed too
+    tta = flips_label(model.info.tta_flips)  # a model's flip views are timed too
     found: list[Contender] = [BackendContender(open_backend(model.onnx, "onnxruntime", threads),
                                                f"onnxruntime-cpu{tta}", "cpu", threads)]
     skipped: list[str] = []
