@@ -54,6 +54,7 @@ class FitConfig:
     synthetic_per_batch: int = 0  # synthetic crops per step, on top of batch_size real ones
     pos_weight: list[float] | None = None  # per class: weight of a defect pixel in the BCE term (thin classes)
     weight_other_classes: bool = False  # another class's pixel counts against a class as its own pixel does
+    lovasz_weight: float = 0.0  # weight of a Lovasz IoU term added to BCE + Dice (0: off)
     calibrate_for: str = "competition"  # thresholds/min areas: "competition" Dice, "balanced" with Dice on present images, or pixel "iou"
     ema_decay: float | None = None  # validate, calibrate and ship an exponential moving average of the weights
 
@@ -74,6 +75,7 @@ class FitConfig:
             (self.pos_weight is None or all(w > 0 for w in self.pos_weight), f"pos_weight must be > 0, got {self.pos_weight}"),
             (not (self.weight_other_classes and self.pos_weight is None), "weight_other_classes needs pos_weight"),
             (self.calibrate_for in OBJECTIVES, f"calibrate_for must be one of {', '.join(OBJECTIVES)}, got {self.calibrate_for!r}"),
+            (self.lovasz_weight >= 0.0, f"lovasz_weight must be >= 0, got {self.lovasz_weight}"),
             (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}"),
             (not (self.resume and self.init_weights), "resume and init_weights exclude each other: resume continues a run, init_weights starts a new one"),
         ]

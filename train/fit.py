@@ -347,7 +347,7 @@ def fit(cfg: FitConfig, progress: bool = True) -> dict:
         raise ValueError(f"pos_weight has {len(cfg.pos_weight)} value(s); the data has {data.info.num_classes} classes "
                          f"({', '.join(data.info.classes)})")
     loss_fn = BceDiceLoss(pos_weight=tuple(cfg.pos_weight) if cfg.pos_weight else None,
-                          weight_other_classes=cfg.weight_other_classes)
+                          weight_other_classes=cfg.weight_other_classes, lovasz_weight=cfg.lovasz_weight)
     runner = EpochRunner(cfg, d, net, train_set, top_up, per_rank, steps_per_epoch, loss_fn)
     t_session = time.monotonic()
     t0 = t_session - state.elapsed_before

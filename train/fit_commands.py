@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         defect_crop_prob: float = typer.Option(0.5, "--defect-crop-prob", help="Share of training crops placed over a defect."),
         pos_weight: Optional[str] = typer.Option(None, "--pos-weight", help="Per class, comma-separated: weight of a defect pixel in the BCE term (e.g. 20,20,1,1 for thin pits and cracks)."),
         weight_other_classes: bool = typer.Option(False, "--weight-other-classes", help="With --pos-weight: a pixel of another defect class counts against a class as much as its own defect pixel (stops a heavily weighted class firing on every mark)."),
+        lovasz_weight: float = typer.Option(0.0, "--lovasz-weight", help="Add a Lovasz IoU term (each class's pooled IoU, the metric NEU-Seg papers report) to BCE + Dice with this weight; 0: off."),
         calibrate_for: str = typer.Option("competition", "--calibrate-for", help="Thresholds and minimum areas chosen for 'competition' Dice (rewards silence on clean images), 'balanced' (its mean with Dice on the images where the class is present) or 'iou' (each class's pixel IoU over the split, the mIoU papers publish)."),
         ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate, calibrate and ship an exponential moving average of the weights (e.g. 0.999)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
                 workers=workers, resume=str(resume) if resume else None, init_weights=str(init_weights) if init_weights else None, split=split, val_fraction=val_fraction,
                 labelled_fraction=labelled_fraction, device=device, threads=threads, defect_crop_prob=defect_crop_prob,
                 pos_weight=_weights(pos_weight), weight_other_classes=weight_other_classes,
-                calibrate_for=calibrate_for, ema_decay=ema_decay,
+                lovasz_weight=lovasz_weight, calibrate_for=calibrate_for, ema_decay=ema_decay,
             )
             from train.model import SIZES
 
