@@ -38,7 +38,7 @@ def test_an_absent_class_charges_its_most_confident_false_alarm():
     assert lovasz_iou_loss(logits, target).item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), rel=1e-5)
 
 
-def test_it_follows_iou_where_soft_dice_on_probabilities_is_tied():
+def test_it_follows_iou_where_the_summed_error_is_the_same():
     # Two predictions with the same summed error: one spreads it thinly over many pixels
     # (every pixel still on the right side of 0.5), one puts it all on a few pixels.
     target = torch.zeros(1, 1, 10, 10)

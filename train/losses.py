@@ -24,12 +24,13 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 def _jaccard_steps(gt_sorted: torch.Tensor) -> torch.Tensor:
     """How much 1 - IoU grows as each pixel, taken in order of decreasing error, turns wrong:
-    the gradient of the Lovasz extension of the Jaccard loss (Berman et al., 2018)."""
-    positives = gt_sorted.sum()
-    intersection = positives - gt_sorted.cumsum(0)
-    union = positives + (1.0 - gt_sorted).cumsum(0)
+    the gradient of the Lovasz extension of the Jaccard loss (Berman et al., 2018). One row
+    per class, pixels along the last dimension."""
+    positives = gt_sorted.sum(-1, keepdim=True)
+    intersection = positives - gt_sorted.cumsum(-1)
+    union = positives + (1.0 - gt_sorted).cumsum(-1)
     jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=-1)
 
 
 def lovasz_iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,17 +42,12 @@ def lovasz_iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     probabilities (|target - p|), bounded like Dice, so it adds to BCE without rescaling.
     A class absent from the batch charges its single most confident false alarm.
     """
-    probs = torch.sigmoid(logits.float())
-    target = target.float()
-    terms = []
-    for c in range(probs.shape[1]):
-        p, t = probs[:, c].reshape(-1), target[:, c].reshape(-1)
-        errors = (t - p).abs()
-        with torch.no_grad():  # the ordering is piecewise constant: only the errors carry gradient
-            order = errors.argsort(descending=True)
-            weights = torch.empty_like(errors).scatter_(0, order, _jaccard_steps(t[order]))
-        terms.append(torch.dot(errors, weights))
-    return torch.stack(terms).mean()
+    target = target.float().transpose(0, 1).reshape(target.shape[1], -1)
+    errors = (target - torch.sigmoid(logits.float()).transpose(0, 1).reshape_as(target)).abs()
+    with torch.no_grad():  # the ordering is piecewise constant: only the errors carry gradient
+        order = errors.argsort(dim=-1, descending=True)
+        weights = torch.empty_like(errors).scatter_(-1, order, _jaccard_steps(target.gather(-1, order)))
+    return (errors * weights).sum(-1).mean()
 
 
 class BceDiceLoss(torch.nn.Module):
