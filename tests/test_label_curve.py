@@ -85,9 +85,10 @@ def test_a_rerun_skips_finished_cells_and_other_settings_are_refused(study):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "12 already done" in r.output and cell.stat().st_mtime_ns == before
-    changed = [a if a != "0,1" else "0,1,2" for a in args]
+    changed = list(args)
+    changed[changed.index("--real-steps") + 1] = "3"  # what a cell means, unlike which cells there are
     r = CliRunner().invoke(app, changed)
-    assert r.exit_code == 2 and "other settings (seeds)" in r.output
+    assert r.exit_code == 2 and "other settings (real_steps)" in r.output
     r = CliRunner().invoke(app, ["label-curve", "--data", "x", "--out", str(out), "--report-only"])
     assert r.exit_code == 0 and "12 cells" in r.output
 
@@ -194,3 +195,44 @@ def test_a_study_resumes_from_a_committed_report_where_its_run_folder_is_gone(st
     assert r.exit_code == 0, r.output
     assert "reused 12 cell(s)" in r.output and "12 already done" in r.output
     assert json.loads((fresh / "report.json").read_text())["cells"] == json.loads((out / "report.json").read_text())["cells"]
+
+
+def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_pretrain_control_gets_as_many_steps(study, tmp_path):
+    _, out, args, _ = study
+    ext = tmp_path / "extended"
+    moved = [a if a != str(out) else str(ext) for a in args]
+    moved[moved.index("--fractions") + 1] = "0.5"
+    r = CliRunner().invoke(app, [*moved, "--reuse-cells", str(out / "report.json"), "--pretrain-steps", "3"])
+    assert r.exit_code == 0, r.output
+    wider = list(moved)
+    wider[wider.index("--arms") + 1] = "real,copy-paste,gan-blend,real-pretrain,copy-paste-pretrain"
+    wider[wider.index("--seeds") + 1] = "0,1,2"
+    r = CliRunner().invoke(app, [*wider, "--pretrain-steps", "3"])
+    assert r.exit_code == 0, r.output
+    assert "15 cells, 6 already done" in r.output  # 3 arms x 2 seeds kept; seed 2 and two new arms run
+    cell = json.loads((ext / "cells" / "f0.500" / "real-pretrain" / "seed0.json").read_text())
+    assert cell["schedule"] == "pretrain-finetune" and cell["synthetic_images"] == 0
+    run = ext / "runs" / "f0.500" / "real-pretrain" / "seed0"
+    pre_split = json.loads((run / "pretrain" / "split.json").read_text())
+    fine_split = json.loads((run / "split.json").read_text())
+    # The control pre-trains on exactly the fraction's labelled images, then fine-tunes like every arm.
+    assert sorted(i.split("/", 1)[1] for i in pre_split["train_ids"]) == sorted(fine_split["train_ids"])
+    assert json.loads((run / "config.json").read_text())["init_weights"] == str(run / "pretrain")
+    report = json.loads((ext / "report.json").read_text())
+    assert "vs_real_pretrain" in report["aggregates"]["f0.500/copy-paste-pretrain"]
+    assert "vs_real_pretrain" not in report["aggregates"]["f0.500/gan-blend"]  # mixed arms have no extra steps
+    assert best_method(report["aggregates"])[0] != "real-pretrain"  # a control, never the method to ship
+
+
+def test_a_synthetic_pretrain_arm_that_only_matches_the_equal_steps_control_does_not_meet_the_goal():
+    cells = []
+    for f in (0.05, 0.1):
+        for s, noise in zip((0, 1, 2), (-0.001, 0.0, 0.001)):
+            base = 0.7 + 0.01 * s
+            cells += [_cell(f, "real", s, base, base, 0.9), _cell(f, "copy-paste-pretrain", s, base + 0.005, base + 0.005, 0.9),
+                      _cell(f, "real-pretrain", s, base + 0.03 + noise, base + 0.03 + noise, 0.9),
+                      _cell(f, "gan-pretrain", s, base + 0.03, base + 0.03, 0.9)]
+    v = verdicts(aggregate(cells))
+    gan = v["per_arm"]["f0.050/gan-pretrain"]
+    assert gan["beats_real_miou"] and gan["beats_copy_paste"] and not gan["beats_real_pretrain"]
+    assert not v["goal_met"]

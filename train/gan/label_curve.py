@@ -12,6 +12,10 @@ segmenter is fitted and scored on the whole held-out split:
 - thresholds and the kept epoch come from `train fit` on a seeded subset of the
   held-out split (the same for every arm); the scores are on all of it.
 
+The pre-train arms get 400 more optimiser steps than real-only; `real-pretrain` spends
+those steps on the labelled real images instead of synthetic pairs, so it tells a gain
+from synthesis apart from a gain from training longer (two cosine cycles).
+
 Every (fraction, arm, seed) cell is written to cells/ as it finishes and skipped on a
 re-run, so the study can be stopped and resumed at any point; GANs and synthetic sets
 are reused the same way. `label_curve_report` turns the cells into report.md/json and
@@ -32,10 +36,11 @@ import numpy as np
 PRETRAIN = "-pretrain"  # arm suffix: pre-train on the synthetic pairs alone, then fine-tune on the real ones
 NEG = "-neg"  # before PRETRAIN: the pre-train set also holds defect-free negatives (train/gan/erase.py)
 NEG_ERASER = {"copy-paste": "telea", "gan-blend": "gan"}  # copy-paste has no generator: Telea is its eraser
-ARMS = ("real", "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
+REAL_PRETRAIN = "real" + PRETRAIN  # the control of the pre-train arms: as many pre-train steps, on the real images
+ARMS = ("real", REAL_PRETRAIN, "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
         "copy-paste" + NEG + PRETRAIN, "gan-blend" + NEG + PRETRAIN)
 _METHOD_TITLES = {"copy-paste": "copy-paste", "gan": "GAN", "gan-blend": "GAN-blend (hybrid)"}
-ARM_TITLES = {"real": "real only",
+ARM_TITLES = {"real": "real only", REAL_PRETRAIN: "real pre-train (same steps), real fine-tune",
               **{m: f"real + {t}" for m, t in _METHOD_TITLES.items()},
               **{m + PRETRAIN: f"{t} pre-train, real fine-tune" for m, t in _METHOD_TITLES.items()},
               "copy-paste" + NEG + PRETRAIN: "copy-paste + Telea-erased negatives pre-train, real fine-tune",
@@ -43,8 +48,8 @@ ARM_TITLES = {"real": "real only",
 
 
 def arm_method(arm: str) -> str | None:
-    """The painter an arm's synthetic pairs come from; None for real-only."""
-    return None if arm == "real" else arm.removesuffix(PRETRAIN).removesuffix(NEG)
+    """The painter an arm's synthetic pairs come from; None for the real-only arms."""
+    return None if arm in ("real", REAL_PRETRAIN) else arm.removesuffix(PRETRAIN).removesuffix(NEG)
 
 
 def arm_eraser(arm: str) -> str | None:
@@ -111,6 +116,11 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Settings that only choose which cells a study has: a resumed study may add or drop cells
+# with them. Every other setting changes what a cell means and must match to resume.
+CELL_SELECTION = ("fractions", "arms", "seeds", "ceiling")
 
 
 def fraction_tag(f: float) -> str:
@@ -211,6 +221,15 @@ class Study:
         write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
         return folder
 
+    def real_pretrain_folder(self, f: float) -> Path:
+        """The fraction's labelled images alone (no held-out split): the real control's pre-train set."""
+        from train.gan.augment_and_fit import build_arm_folder
+
+        folder = self.out / "data" / f"{fraction_tag(f)}-pretrain"
+        if not (folder / "classes.txt").is_file():
+            build_arm_folder(folder, self.train_ds.subset(self.subsets[f].tolist()), None, [], self.classes)
+        return folder
+
     def synthetic_folder(self, f: float, method: str) -> Path:
         from train.gan.shape_bank import ShapeBank
         from train.gan.synthesize import PAINTED, SynthConfig, synthesize_samples
@@ -241,7 +260,10 @@ class Study:
         from train.gan.augment_and_fit import pretrain_on_synthetic
 
         c = self.cfg
-        synthetic, n = [self.synthetic_folder(f, arm_method(arm))], c.count
+        if arm == REAL_PRETRAIN:
+            synthetic, n = [self.real_pretrain_folder(f)], len(self.subsets[f])
+        else:
+            synthetic, n = [self.synthetic_folder(f, arm_method(arm))], c.count
         if arm_eraser(arm):
             synthetic, n = synthetic + [self.negatives_folder(f, arm_eraser(arm))], n + c.negatives
         seconds = pretrain_on_synthetic(
@@ -261,7 +283,7 @@ class Study:
         mixed = method is not None and schedule == "mix"
         syn = self.synthetic_folder(f, method) if mixed else None
         init, pre_seconds = (None, 0.0)
-        if method is not None and schedule == "pretrain-finetune":
+        if arm != "real" and schedule == "pretrain-finetune":
             init, pre_seconds = self.pretrain(f, arm, seed, run / "pretrain")
         epochs = self.epochs(f)
         fm = fit(FitConfig(
@@ -274,7 +296,7 @@ class Study:
         keys = ("competition_dice", "per_class_dice", "per_class_dice_present", "mean_dice_present", "per_class_iou",
                 "mean_iou", "background_iou", "miou_incl_background", "per_class_dice_pixels", "n_images")
         return {
-            "fraction": f, "arm": arm, "seed": seed, "schedule": schedule if method else "real",
+            "fraction": f, "arm": arm, "seed": seed, "schedule": "real" if arm == "real" else schedule,
             "real_images": len(self.subsets[f]), "synthetic_images": 0 if method is None else self.cfg.count,
             "negative_images": self.cfg.negatives if arm_eraser(arm) else 0, "epochs": epochs,
             "real_steps": epochs * max(1, len(self.subsets[f]) // c.batch_size),
@@ -311,11 +333,11 @@ def run_study(cfg: StudyConfig, console=None, reuse: list[Path] = ()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "study_config.json"
     if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        if old != json.loads(json.dumps(cfg.to_dict())):
-            changed = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != json.loads(json.dumps(cfg.to_dict())).get(k))
+        old, new = json.loads(cfg_path.read_text()), json.loads(json.dumps(cfg.to_dict()))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in CELL_SELECTION)
+        if changed:
             raise ValueError(f"{cfg_path}: this study was started with other settings ({', '.join(changed)}); "
-                             "resume with the same flags or use a new --out")
+                             "resume with the same flags or use a new --out (fractions, arms, seeds and the ceiling may change)")
     cfg_path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     study = Study(cfg, console)
     cells = plan_cells(cfg)
