@@ -33,7 +33,7 @@ def ablation_run(tmp_path_factory):
 
 
 SUFFIX = "-pretrain" if DEFAULT_SCHEDULE == "pretrain-finetune" else ""  # arms are named after the default schedule
-ARMS = [f"real+{m}{SUFFIX}" for m in ("gan", "copy-paste", "gan-blend")] + ["real"]
+ARMS = [f"real+{m}{SUFFIX}" for m in ("gan", "copy-paste", "gan-blend")] + ["real"] + (["real-pretrain"] if SUFFIX else [])
 
 
 def test_ablation_writes_every_output(ablation_run):
@@ -46,8 +46,9 @@ def test_ablation_writes_every_output(ablation_run):
         assert 0.0 <= m["competition_dice"] <= 1.0 and m["n_images"] == 4
         assert 0.0 <= m["miou_incl_background"] <= 1.0
         assert set(m["per_class_dice"]) == set(CLASSES)
-        assert res["real_images"] == 5 and res["synthetic_images"] == (0 if arm == "real" else 4)
-        mixed = arm != "real" and DEFAULT_SCHEDULE == "mix"  # pre-trained arms see no synthetic crop in their real batches
+        real_only = arm.startswith("real") and "+" not in arm
+        assert res["real_images"] == 5 and res["synthetic_images"] == (0 if real_only else 4)
+        mixed = not real_only and DEFAULT_SCHEDULE == "mix"  # pre-trained arms see no synthetic crop in their real batches
         assert res["synthetic_share_of_batch"] == (round(4 / (4 + 4), 4) if mixed else 0.0)
         assert res["schedule"] == ("real" if arm == "real" else DEFAULT_SCHEDULE)
         assert res["epochs_run"] == 1  # same real passes for every arm
@@ -95,7 +96,12 @@ def test_arms_share_real_labels_and_held_out_images(ablation_run):
             assert (cfg["synthetic_data"] is None) == (arm == "real")
         else:  # synthetic pairs only in the pre-training, which calibrates on the same held-out images
             assert cfg["synthetic_data"] is None and (cfg["init_weights"] is None) == (arm == "real")
-            if arm != "real":
+            if arm == "real-pretrain":  # the control: as many pre-train steps, on the same labelled images
+                pre = json.loads((out / "runs" / arm / "pretrain" / "config.json").read_text())
+                assert open_dataset(pre["data"][0], split="train").ids == real.split("train").ids
+                cp_pre = json.loads((out / "runs" / f"real_copy-paste{SUFFIX}" / "pretrain" / "config.json").read_text())
+                assert pre["epochs"] == cp_pre["epochs"]  # 5 real or 4 synthetic images in batches of 4: one step an epoch
+            elif arm != "real":
                 pre = json.loads((out / "runs" / arm / "pretrain" / "config.json").read_text())
                 assert pre["data"][0].startswith(str(out / "data" / "synthetic-"))
     synthetic = {}

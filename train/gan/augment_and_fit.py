@@ -35,6 +35,10 @@ import numpy as np
 from train.gan.shape_bank import LabelledImage, masks_from_labels
 
 ARM_REAL = "real"
+# With --schedule pretrain-finetune the synthetic arms train more steps than real-only; this
+# ablation arm pre-trains as long on the labelled real images, so the report can tell a gain
+# from synthesis apart from a gain from the extra steps.
+ARM_REAL_PRETRAIN = "real-pretrain"
 METHOD_ARMS = {"copy-paste": "real+copy-paste", "gan": "real+gan", "gan-blend": "real+gan-blend"}
 # The default painter, from the label-curve study on NEU-Seg (train/README.md has the numbers).
 DEFAULT_METHOD = "gan-blend"
@@ -249,6 +253,10 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     build_arm_folder(calib_folder, None, fit_val, [], classes)
     pretrain = cfg.schedule == "pretrain-finetune"
     arms = [(METHOD_ARMS[m] + ("-pretrain" if pretrain else ""), m) for m in methods] + ([(ARM_REAL, None)] if cfg.ablation else [])
+    real_pre_folder = out / "data" / "real-pretrain"  # the labelled images alone: the control's pre-train set
+    if cfg.ablation and pretrain:
+        arms.append((ARM_REAL_PRETRAIN, None))
+        build_arm_folder(real_pre_folder, train_ds, None, [], classes)
     share = cfg.synthetic_per_batch / (cfg.fit_batch_size + cfg.synthetic_per_batch)
     results = {}
     epochs, budget = cfg.fit_epochs, cfg.fit_time_budget_min
@@ -259,11 +267,12 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
         common = dict(size=cfg.size, batch_size=cfg.fit_batch_size, crop_width=cfg.crop_width, crop_height=cfg.crop_height,
                       seed=cfg.seed, threads=cfg.threads, device=cfg.device)
         init, pre_seconds = None, 0.0
-        if method and pretrain:
+        if (method or arm == ARM_REAL_PRETRAIN) and pretrain:
             # As many synthetic crops as mixing shows over the same real passes (or that share of a budget).
             pre_steps = math.ceil(epochs * steps_per_epoch * cfg.synthetic_per_batch / cfg.fit_batch_size)
-            console.print(f"[bold]arm {arm}[/]: pre-training on {n_syn} synthetic pairs")
-            pre_seconds = pretrain_on_synthetic(syn_folders[method], calib_folder, run / "pretrain", pre_steps, n_syn,
+            n_pre = n_syn if method else len(labelled)
+            console.print(f"[bold]arm {arm}[/]: pre-training on {n_pre} " + ("synthetic pairs" if method else "labelled real images"))
+            pre_seconds = pretrain_on_synthetic(syn_folders[method] if method else real_pre_folder, calib_folder, run / "pretrain", pre_steps, n_pre,
                                                 time_budget_min=budget * share if budget else None, **common)
             init = str(run / "pretrain")
             budget = budget * (1 - share) if budget else None
@@ -278,7 +287,7 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
         ev = evaluate(run, eval_folder, "val", out=run)
         results[arm] = {
             "run": str(run), "method": method, "real_images": len(labelled), "synthetic_images": n_syn,
-            "schedule": cfg.schedule if method else "real",
+            "schedule": "real" if arm == ARM_REAL else cfg.schedule,
             "synthetic_share_of_batch": round(share, 4) if mixed else 0.0,
             "epochs_run": fit_metrics.get("epochs_run"), "train_seconds": (fit_metrics.get("train_seconds") or 0.0) + pre_seconds,
             "pretrain_seconds": pre_seconds,

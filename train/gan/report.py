@@ -95,7 +95,9 @@ def write_report(out: Path, result: dict) -> None:
         f"Painter: **{result.get('method')}** ({result.get('method_why')}). Schedule: **{result.get('schedule', 'mix')}** "
         f"({result.get('schedule_why', '')}). Every arm makes the same passes over the real images; with `mix` synthetic "
         "arms add synthetic crops on top of each real batch (share below), with `pretrain-finetune` they first fit on the "
-        "synthetic pairs alone (time included in train s), then fine-tune on the real ones.",
+        "synthetic pairs alone (time included in train s), then fine-tune on the real ones"
+        + ("; `real-pretrain` pre-trains as many steps on the labelled real images instead, so a pre-trained arm's gain "
+           "over it is the synthetic pairs', not the extra steps'" if "real-pretrain" in arms else "") + ".",
         "",
         "| arm | real + synthetic images | synthetic share of a batch | epochs | train s | mIoU incl. background | Dice present (mean) "
         "| competition Dice | " + " | ".join(f"Dice {c}" for c in classes) + " |",
