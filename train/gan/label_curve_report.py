@@ -105,8 +105,9 @@ def verdicts(agg: dict) -> dict:
             "beats_real_miou": _beats(vr["miou_incl_background"]),
             "beats_real_dice_present": _beats(vr["mean_dice_present"]),
             "keeps_competition_dice": bool(comp and comp["sd"] is not None and comp["mean"] >= -2 * comp["sd"]),
-            "beats_copy_paste": bool(vcs) and all(_beats(vc[m]) for vc in vcs for m in both),
         }
+        if arm_method(e["arm"]):  # the real-pretrain control has no painter to compare
+            res[key]["beats_copy_paste"] = bool(vcs) and all(_beats(vc[m]) for vc in vcs for m in both)
         if "vs_real_pretrain" in e:
             res[key]["beats_real_pretrain"] = all(_beats(e["vs_real_pretrain"][m]) for m in both)
         if vcs:
