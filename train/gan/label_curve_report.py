@@ -143,13 +143,16 @@ def plot_curve(agg: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    arms = [a for a in ARM_TITLES if any(e["arm"] == a and e["fraction"] != CEILING for e in agg.values())]
+    fractions = sorted({e["fraction"] for e in agg.values() if e["fraction"] != CEILING})
     for ax, (metric, title) in zip(axes, HEADLINE):
-        for arm in ARM_TITLES:
+        for i, arm in enumerate(arms):
             pts = sorted((e["fraction"], e["metrics"][metric]) for e in agg.values() if e["arm"] == arm and e["fraction"] != CEILING)
-            if not pts:
-                continue
-            x = [p[0] * 100 for p in pts]
+            dodge = 1 + 0.025 * (i - (len(arms) - 1) / 2)  # arms side by side at each fraction, so error bars do not hide each other
+            x = [p[0] * 100 * dodge for p in pts]
             y = [p[1]["mean"] for p in pts]
             err = [p[1]["sd"] or 0.0 for p in pts]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=ARM_TITLES[arm])
@@ -158,8 +161,9 @@ def plot_curve(agg: dict, path: Path) -> None:
             m = ceil["metrics"][metric]
             ax.axhline(m["mean"], color="k", ls="--", lw=1, label=f"all labels, real only ({m['mean']:.3f})")
         ax.set_xscale("log")
-        ax.set_xticks([2, 5, 10])
-        ax.set_xticklabels(["2%", "5%", "10%"])
+        ax.set_xticks([f * 100 for f in fractions])
+        ax.set_xticklabels([f"{f * 100:g}%" for f in fractions])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("labelled share of the training split")
         ax.set_title(title)
         ax.grid(alpha=0.3)
