@@ -195,21 +195,26 @@ def test_a_study_resumes_from_a_committed_report_where_its_run_folder_is_gone(st
     assert r.exit_code == 0, r.output
     assert "reused 12 cell(s)" in r.output and "12 already done" in r.output
     assert json.loads((fresh / "report.json").read_text())["cells"] == json.loads((out / "report.json").read_text())["cells"]
+    # Cells trained with another protocol are refused, not silently mixed in.
+    longer = [a if a != str(out) else str(tmp_path / "longer") for a in args]
+    longer[longer.index("--real-steps") + 1] = "5"
+    r = CliRunner().invoke(app, [*longer, "--reuse-cells", str(out / "report.json")])
+    assert r.exit_code == 2 and "real_steps 2 (here 5)" in r.output and not (tmp_path / "longer" / "cells").exists()
 
 
 def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_pretrain_control_gets_as_many_steps(study, tmp_path):
-    _, out, args, _ = study
+    data, out, args, _ = study
     ext = tmp_path / "extended"
-    moved = [a if a != str(out) else str(ext) for a in args]
-    moved[moved.index("--fractions") + 1] = "0.5"
-    r = CliRunner().invoke(app, [*moved, "--reuse-cells", str(out / "report.json"), "--pretrain-steps", "3"])
+    first = [a if a != str(out) else str(ext) for a in args] + ["--pretrain-steps", "3"]
+    first[first.index("--fractions") + 1], first[first.index("--arms") + 1] = "0.5", "real,copy-paste"
+    r = CliRunner().invoke(app, first)
     assert r.exit_code == 0, r.output
-    wider = list(moved)
-    wider[wider.index("--arms") + 1] = "real,copy-paste,gan-blend,real-pretrain,copy-paste-pretrain"
+    wider = list(first)
+    wider[wider.index("--arms") + 1] = "real,copy-paste,real-pretrain,copy-paste-pretrain"
     wider[wider.index("--seeds") + 1] = "0,1,2"
-    r = CliRunner().invoke(app, [*wider, "--pretrain-steps", "3"])
+    r = CliRunner().invoke(app, wider)
     assert r.exit_code == 0, r.output
-    assert "15 cells, 6 already done" in r.output  # 3 arms x 2 seeds kept; seed 2 and two new arms run
+    assert "12 cells, 4 already done" in r.output  # 2 arms x 2 seeds kept; seed 2 and two new arms run
     cell = json.loads((ext / "cells" / "f0.500" / "real-pretrain" / "seed0.json").read_text())
     assert cell["schedule"] == "pretrain-finetune" and cell["synthetic_images"] == 0
     run = ext / "runs" / "f0.500" / "real-pretrain" / "seed0"
@@ -220,7 +225,7 @@ def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_pretrain_contr
     assert json.loads((run / "config.json").read_text())["init_weights"] == str(run / "pretrain")
     report = json.loads((ext / "report.json").read_text())
     assert "vs_real_pretrain" in report["aggregates"]["f0.500/copy-paste-pretrain"]
-    assert "vs_real_pretrain" not in report["aggregates"]["f0.500/gan-blend"]  # mixed arms have no extra steps
+    assert "vs_real_pretrain" not in report["aggregates"]["f0.500/copy-paste"]  # mixed arms have no extra steps
     assert best_method(report["aggregates"])[0] != "real-pretrain"  # a control, never the method to ship
 
 

@@ -306,14 +306,28 @@ class Study:
         }
 
 
-def reuse_cells(out: Path, reports: list[Path], cells: list[tuple[float, str, int]]) -> int:
+# The training protocol every cell shares: a report made with other values holds cells that
+# mean something else (e.g. 800 instead of 2000 real steps), so reusing them is refused. The
+# GAN's settings are not here: a generator differs between machines even with the same ones.
+PROTOCOL = ("subset_seed", "size", "real_steps", "batch_size", "crop_height", "crop_width", "lr", "defect_crop_prob",
+            "fit_val_images", "ceiling_epochs", "count", "synthetic_per_batch", "pretrain_steps", "max_defects_per_image",
+            "negatives")
+
+
+def reuse_cells(out: Path, reports: list[Path], cells: list[tuple[float, str, int]], cfg: StudyConfig | None = None) -> int:
     """Put the cells a committed report.json holds (its `cells` list) into out/cells/ for the
     planned (fraction, arm, seed) cells that have none yet, so a study resumes on a machine
-    where its run folder is gone; returns how many were written. Reuse only a report made
-    with the same settings: the cells carry their numbers, not their settings."""
+    where its run folder is gone; returns how many were written. A report whose protocol
+    (`PROTOCOL`, where it records the setting) differs from `cfg`'s is refused."""
     planned, n = set(cells), 0
+    mine = json.loads(json.dumps(cfg.to_dict())) if cfg else {}
     for report in reports:
-        for c in json.loads(Path(report).read_text())["cells"]:
+        r = json.loads(Path(report).read_text())
+        theirs = r.get("config") if isinstance(r.get("config"), dict) else {}
+        differ = [f"{k} {theirs[k]} (here {mine[k]})" for k in PROTOCOL if k in theirs and k in mine and theirs[k] != mine[k]]
+        if differ:
+            raise ValueError(f"{report}: its cells were made with other settings: {', '.join(differ)}; not reused")
+        for c in r["cells"]:
             path = cell_path(out, c["fraction"], c["arm"], c["seed"])
             if (c["fraction"], c["arm"], c["seed"]) in planned and not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +356,7 @@ def run_study(cfg: StudyConfig, console=None, reuse: list[Path] = ()) -> dict:
     study = Study(cfg, console)
     cells = plan_cells(cfg)
     if reuse:
-        console.print(f"reused {reuse_cells(out, list(reuse), cells)} cell(s) from {', '.join(map(str, reuse))}")
+        console.print(f"reused {reuse_cells(out, list(reuse), cells, cfg)} cell(s) from {', '.join(map(str, reuse))}")
     todo = [c for c in cells if not cell_path(out, *c).is_file()]
     console.print(f"[bold]label-curve[/]: {len(cells)} cells, {len(cells) - len(todo)} already done; "
                   f"{len(study.train_ds)} training images, scored on {len(study.held_ds)} held-out ({study.how})")
