@@ -51,7 +51,8 @@ DEFAULT_SCHEDULE = "pretrain-finetune"
 METHOD_WHY = ("the highest mean gain of the painters in the two latest NEU-Seg label-curve studies, below the 2-sd "
               "bar: pre-trained at 5%/10% labels mIoU +0.022 over real-only (gan-blend +0.020, copy-paste +0.018); "
               "with 2000 real steps at 5% labels ahead of real-only on all 5 seeds, +0.013 mIoU (z 1.3) and +0.022 "
-              "Dice on present images, where copy-paste added +0.007 / -0.005; it needs a well-trained GAN "
+              "Dice on present images, where copy-paste added +0.007 / -0.005, though real-only with as many crops "
+              "per step matched it (study 9: +0.002, z 0.5); it needs a well-trained GAN "
               "(check the report's generator metrics; gan-blend keeps real texture, copy-paste needs no GAN)")
 
 
