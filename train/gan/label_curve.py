@@ -162,30 +162,31 @@ class Study:
         self.fit_val = self.held_ds.subset(np.sort(rng.permutation(len(self.held_ds))[:n_val]).tolist())
 
     # -- folders: real data per fraction, the scoring split, GANs and synthetic sets --
-    def eval_folder(self) -> Path:
+    def _data_folder(self, name: str, train, held) -> Path:
+        """data/<name>: a mask folder of `train` and `held` images (either may be None), built once."""
         from train.gan.augment_and_fit import build_arm_folder
 
-        folder = self.out / "data" / "eval"
+        folder = self.out / "data" / name
         if not (folder / "classes.txt").is_file():
-            build_arm_folder(folder, None, self.held_ds, [], self.classes)
+            build_arm_folder(folder, train, held, [], self.classes)
         return folder
+
+    def labelled(self, f: float):
+        return self.train_ds.subset(self.subsets[f].tolist())
+
+    def eval_folder(self) -> Path:
+        return self._data_folder("eval", None, self.held_ds)
 
     def calibration_folder(self) -> Path:
         """Only the held-out images the fits calibrate on: the validation half of a pre-training data set."""
-        from train.gan.augment_and_fit import build_arm_folder
-
-        folder = self.out / "data" / "fit-val"
-        if not (folder / "classes.txt").is_file():
-            build_arm_folder(folder, None, self.fit_val, [], self.classes)
-        return folder
+        return self._data_folder("fit-val", None, self.fit_val)
 
     def real_folder(self, f: float) -> Path:
-        from train.gan.augment_and_fit import build_arm_folder
+        return self._data_folder(fraction_tag(f), self.labelled(f), self.fit_val)
 
-        folder = self.out / "data" / fraction_tag(f)
-        if not (folder / "classes.txt").is_file():
-            build_arm_folder(folder, self.train_ds.subset(self.subsets[f].tolist()), self.fit_val, [], self.classes)
-        return folder
+    def real_pretrain_folder(self, f: float) -> Path:
+        """The fraction's labelled images alone (no held-out split): the real control's pre-train set."""
+        return self._data_folder(f"{fraction_tag(f)}-pretrain", self.labelled(f), None)
 
     def generator(self, f: float) -> Path:
         from train.gan.fit_gan import GanConfig, fit_gan
@@ -215,19 +216,10 @@ class Study:
         if painted:
             generator, meta = load_generator(self.generator(f))
             crop = int(meta["crop"])
-        labelled = load_labelled(self.train_ds.subset(self.subsets[f].tolist()))
+        labelled = load_labelled(self.labelled(f))
         t = time.monotonic()
         items = make(labelled, generator, crop)
         write_dataset(folder, items, self.classes, "mask-folder", extra_manifest={"fraction": f, "seconds": round(time.monotonic() - t, 1)})
-        return folder
-
-    def real_pretrain_folder(self, f: float) -> Path:
-        """The fraction's labelled images alone (no held-out split): the real control's pre-train set."""
-        from train.gan.augment_and_fit import build_arm_folder
-
-        folder = self.out / "data" / f"{fraction_tag(f)}-pretrain"
-        if not (folder / "classes.txt").is_file():
-            build_arm_folder(folder, self.train_ds.subset(self.subsets[f].tolist()), None, [], self.classes)
         return folder
 
     def synthetic_folder(self, f: float, method: str) -> Path:
