@@ -33,7 +33,8 @@ def ablation_run(tmp_path_factory):
 
 
 SUFFIX = "-pretrain" if DEFAULT_SCHEDULE == "pretrain-finetune" else ""  # arms are named after the default schedule
-ARMS = [f"real+{m}{SUFFIX}" for m in ("gan", "copy-paste", "gan-blend")] + ["real"] + (["real-pretrain"] if SUFFIX else [])
+# Each schedule's equal-compute control: as many pre-train steps, or as many crops per step, on real images only.
+ARMS = [f"real+{m}{SUFFIX}" for m in ("gan", "copy-paste", "gan-blend")] + ["real"] + (["real-pretrain"] if SUFFIX else ["real-equal-crops"])
 
 
 def test_ablation_writes_every_output(ablation_run):
@@ -168,3 +169,22 @@ def test_pretrain_finetune_schedule_fits_synthetic_alone_then_real(tmp_path):
     assert "pretrain-finetune" in (out / "report.md").read_text()
     bad = CliRunner().invoke(app, ["augment-and-fit", "--data", str(data), "--out", str(tmp_path / "x"), "--schedule", "later"])
     assert bad.exit_code == 2 and "unknown schedule 'later'" in bad.output
+
+
+def test_mix_ablation_adds_real_only_with_as_many_crops_per_step(tmp_path):
+    data = make_mask_folder(tmp_path / "data", n_train=16, n_val=3)
+    out = tmp_path / "mix"
+    tiny = list(TINY)
+    tiny[tiny.index("--fit-epochs") + 1] = "2"
+    r = CliRunner().invoke(app, ["augment-and-fit", "--data", str(data), "--out", str(out), "--method", "copy-paste",
+                                 "--schedule", "mix", "--ablation", *tiny])
+    assert r.exit_code == 0, r.output
+    arms = json.loads((out / "report.json").read_text())["arms"]
+    assert set(arms) == {"real+copy-paste", "real+gan", "real+gan-blend", "real", "real-equal-crops"}
+    control, mixed = arms["real-equal-crops"], arms["real+copy-paste"]
+    # 16 labelled images: 4 steps an epoch of 4 real (+ 4 synthetic) crops, 2 of 8 real crops: twice the epochs, the same steps.
+    assert control["real_crops_per_step"] == 8 and control["synthetic_images"] == 0 and control["schedule"] == "mix"
+    assert mixed["real_crops_per_step"] == 4 and mixed["synthetic_share_of_batch"] == 0.5
+    assert mixed["epochs_run"] == arms["real"]["epochs_run"] == 2 and control["epochs_run"] == 4
+    cfg = json.loads((out / "runs" / "real-equal-crops" / "config.json").read_text())
+    assert cfg["batch_size"] == 8 and cfg["synthetic_data"] is None and cfg["synthetic_per_batch"] == 0

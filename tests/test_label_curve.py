@@ -202,7 +202,7 @@ def test_a_study_resumes_from_a_committed_report_where_its_run_folder_is_gone(st
     assert r.exit_code == 2 and "real_steps 2 (here 5)" in r.output and not (tmp_path / "longer" / "cells").exists()
 
 
-def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_pretrain_control_gets_as_many_steps(study, tmp_path):
+def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_controls_get_as_much_compute(study, tmp_path):
     data, out, args, _ = study
     ext = tmp_path / "extended"
     first = [a if a != str(out) else str(ext) for a in args] + ["--pretrain-steps", "3"]
@@ -210,11 +210,16 @@ def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_pretrain_contr
     r = CliRunner().invoke(app, first)
     assert r.exit_code == 0, r.output
     wider = list(first)
-    wider[wider.index("--arms") + 1] = "real,copy-paste,real-pretrain,copy-paste-pretrain"
+    wider[wider.index("--arms") + 1] = "real,copy-paste,real-pretrain,copy-paste-pretrain,real-equal-crops"
     wider[wider.index("--seeds") + 1] = "0,1,2"
     r = CliRunner().invoke(app, wider)
     assert r.exit_code == 0, r.output
-    assert "12 cells, 4 already done" in r.output  # 2 arms x 2 seeds kept; seed 2 and two new arms run
+    assert "15 cells, 4 already done" in r.output  # 2 arms x 2 seeds kept; seed 2 and three new arms run
+    # The equal-crops control: the mixed arms' 4 real + 2 synthetic crops per step, all real, for as many steps.
+    real, mixed, equal = (json.loads((ext / "cells" / "f0.500" / a / "seed0.json").read_text()) for a in ("real", "copy-paste", "real-equal-crops"))
+    assert equal["real_crops_per_step"] == 6 and equal["synthetic_images"] == 0
+    assert json.loads((ext / "runs" / "f0.500" / "real-equal-crops" / "seed0" / "config.json").read_text())["batch_size"] == 6
+    assert equal["real_steps"] == real["real_steps"] == mixed["real_steps"]
     cell = json.loads((ext / "cells" / "f0.500" / "real-pretrain" / "seed0.json").read_text())
     assert cell["schedule"] == "pretrain-finetune" and cell["synthetic_images"] == 0
     run = ext / "runs" / "f0.500" / "real-pretrain" / "seed0"
@@ -226,7 +231,10 @@ def test_a_study_takes_more_arms_and_seeds_on_resume_and_the_real_pretrain_contr
     report = json.loads((ext / "report.json").read_text())
     assert "vs_real_pretrain" in report["aggregates"]["f0.500/copy-paste-pretrain"]
     assert "vs_real_pretrain" not in report["aggregates"]["f0.500/copy-paste"]  # mixed arms have no extra steps
-    assert best_method(report["aggregates"])[0] != "real-pretrain"  # a control, never the method to ship
+    assert "vs_real_equal_crops" in report["aggregates"]["f0.500/copy-paste"]
+    assert "vs_real_equal_crops" not in report["aggregates"]["f0.500/copy-paste-pretrain"]  # pre-train arms: same crops per step
+    assert best_method(report["aggregates"])[0] not in ("real-pretrain", "real-equal-crops")  # controls, never the method to ship
+    assert "as many (all real) crops per step" in (ext / "report.md").read_text()
 
 
 def test_a_synthetic_pretrain_arm_that_only_matches_the_equal_steps_control_does_not_meet_the_goal():
@@ -241,3 +249,22 @@ def test_a_synthetic_pretrain_arm_that_only_matches_the_equal_steps_control_does
     gan = v["per_arm"]["f0.050/gan-pretrain"]
     assert gan["beats_real_miou"] and gan["beats_copy_paste"] and not gan["beats_real_pretrain"]
     assert not v["goal_met"]
+
+
+def test_a_mixed_gan_arm_that_only_matches_the_equal_crops_control_does_not_meet_the_goal():
+    cells = []
+    for f in (0.05, 0.1):
+        for s, noise in zip((0, 1, 2), (-0.001, 0.0, 0.001)):
+            base = 0.7 + 0.01 * s
+            cells += [_cell(f, "real", s, base, base, 0.9), _cell(f, "copy-paste", s, base + 0.005, base + 0.005, 0.9),
+                      _cell(f, "real-equal-crops", s, base + 0.03 + noise, base + 0.03 + noise, 0.9),
+                      _cell(f, "gan", s, base + 0.03, base + 0.03, 0.9)]
+    v = verdicts(aggregate(cells))
+    gan = v["per_arm"]["f0.050/gan"]
+    assert gan["beats_real_miou"] and gan["beats_copy_paste"] and not gan["beats_real_equal_crops"]
+    assert "beats_real_pretrain" not in gan and "beats_copy_paste" not in v["per_arm"]["f0.050/real-equal-crops"]
+    assert not v["goal_met"]
+    # The same arm clearly above the control meets it.
+    lifted = [dict(c, metrics={**c["metrics"], **{k: c["metrics"][k] + 0.02 for k in ("miou_incl_background", "mean_dice_present")}})
+              if c["arm"] == "gan" else c for c in cells]
+    assert verdicts(aggregate(lifted))["goal_met"]

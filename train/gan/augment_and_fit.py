@@ -39,6 +39,9 @@ ARM_REAL = "real"
 # ablation arm pre-trains as long on the labelled real images, so the report can tell a gain
 # from synthesis apart from a gain from the extra steps.
 ARM_REAL_PRETRAIN = "real-pretrain"
+# With --schedule mix the synthetic arms see more crops per step than real-only; this ablation
+# arm fills those places with more real crops, for as many steps.
+ARM_REAL_EQUAL_CROPS = "real-equal-crops"
 METHOD_ARMS = {"copy-paste": "real+copy-paste", "gan": "real+gan", "gan-blend": "real+gan-blend"}
 # The default painter, from the label-curve studies on NEU-Seg (train/README.md has the numbers).
 DEFAULT_METHOD = "gan"
@@ -260,6 +263,8 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     if cfg.ablation and pretrain:
         arms.append((ARM_REAL_PRETRAIN, None))
         build_arm_folder(real_pre_folder, train_ds, None, [], classes)
+    elif cfg.ablation:
+        arms.append((ARM_REAL_EQUAL_CROPS, None))
     share = cfg.synthetic_per_batch / (cfg.fit_batch_size + cfg.synthetic_per_batch)
     results = {}
     epochs, budget = cfg.fit_epochs, cfg.fit_time_budget_min
@@ -269,6 +274,10 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
         n_syn = len(synth[method]) if method else 0
         common = dict(size=cfg.size, batch_size=cfg.fit_batch_size, crop_width=cfg.crop_width, crop_height=cfg.crop_height,
                       seed=cfg.seed, threads=cfg.threads, device=cfg.device)
+        arm_epochs = epochs
+        if arm == ARM_REAL_EQUAL_CROPS:  # as many steps as the other arms, each of batch + synthetic real crops
+            common["batch_size"] = cfg.fit_batch_size + cfg.synthetic_per_batch
+            arm_epochs = math.ceil(epochs * steps_per_epoch / max(1, len(labelled) // common["batch_size"]))
         init, pre_seconds = None, 0.0
         if (method or arm == ARM_REAL_PRETRAIN) and pretrain:
             # As many synthetic crops as mixing shows over the same real passes (or that share of a budget).
@@ -282,16 +291,17 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
         mixed = bool(method) and not pretrain
         console.print(f"[bold]arm {arm}[/]: fitting on {len(labelled)} real images" + (f" + {cfg.synthetic_per_batch} of {n_syn} synthetic per batch" if mixed else ""))
         fit_metrics = fit(FitConfig(
-            data=str(real_folder), out=str(run), epochs=epochs, time_budget_min=budget, init_weights=init,
+            data=str(real_folder), out=str(run), epochs=arm_epochs, time_budget_min=budget, init_weights=init,
             synthetic_data=str(syn_folders[method]) if mixed else None, synthetic_per_batch=cfg.synthetic_per_batch if mixed else 0,
             **common,
         ))
-        epochs, budget = int(fit_metrics["epochs_run"]), None  # the other arms: the same real passes
+        if arm != ARM_REAL_EQUAL_CROPS:
+            epochs, budget = int(fit_metrics["epochs_run"]), None  # the other arms: the same real passes
         ev = evaluate(run, eval_folder, "val", out=run)
         results[arm] = {
             "run": str(run), "method": method, "real_images": len(labelled), "synthetic_images": n_syn,
             "schedule": "real" if arm == ARM_REAL else cfg.schedule,
-            "synthetic_share_of_batch": round(share, 4) if mixed else 0.0,
+            "synthetic_share_of_batch": round(share, 4) if mixed else 0.0, "real_crops_per_step": common["batch_size"],
             "epochs_run": fit_metrics.get("epochs_run"), "train_seconds": (fit_metrics.get("train_seconds") or 0.0) + pre_seconds,
             "pretrain_seconds": pre_seconds,
             "metrics": {k: ev[k] for k in ("competition_dice", "per_class_dice", "per_class_dice_present", "mean_dice_present",

@@ -14,7 +14,10 @@ segmenter is fitted and scored on the whole held-out split:
 
 The pre-train arms get 400 more optimiser steps than real-only; `real-pretrain` spends
 those steps on the labelled real images instead of synthetic pairs, so it tells a gain
-from synthesis apart from a gain from training longer (two cosine cycles).
+from synthesis apart from a gain from training longer (two cosine cycles). Likewise the
+mixed arms see `batch_size + synthetic_per_batch` crops per step against real-only's
+`batch_size`; `real-equal-crops` fills those extra places with more real crops, so it
+tells a gain from synthesis apart from a gain from bigger batches.
 
 Every (fraction, arm, seed) cell is written to cells/ as it finishes and skipped on a
 re-run, so the study can be stopped and resumed at any point; GANs and synthetic sets
@@ -37,10 +40,13 @@ PRETRAIN = "-pretrain"  # arm suffix: pre-train on the synthetic pairs alone, th
 NEG = "-neg"  # before PRETRAIN: the pre-train set also holds defect-free negatives (train/gan/erase.py)
 NEG_ERASER = {"copy-paste": "telea", "gan-blend": "gan"}  # copy-paste has no generator: Telea is its eraser
 REAL_PRETRAIN = "real" + PRETRAIN  # the control of the pre-train arms: as many pre-train steps, on the real images
-ARMS = ("real", REAL_PRETRAIN, "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
+REAL_EQUAL_CROPS = "real-equal-crops"  # the control of the mixed arms: as many crops per step, all real
+CONTROLS = {"pretrain-finetune": REAL_PRETRAIN, "mix": REAL_EQUAL_CROPS}  # a synthetic arm's schedule -> its equal-compute control
+ARMS = ("real", REAL_PRETRAIN, REAL_EQUAL_CROPS, "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
         "copy-paste" + NEG + PRETRAIN, "gan-blend" + NEG + PRETRAIN)
 _METHOD_TITLES = {"copy-paste": "copy-paste", "gan": "GAN", "gan-blend": "GAN-blend (hybrid)"}
 ARM_TITLES = {"real": "real only", REAL_PRETRAIN: "real pre-train (same steps), real fine-tune",
+              REAL_EQUAL_CROPS: "real only, as many crops per step as the mixed arms",
               **{m: f"real + {t}" for m, t in _METHOD_TITLES.items()},
               **{m + PRETRAIN: f"{t} pre-train, real fine-tune" for m, t in _METHOD_TITLES.items()},
               "copy-paste" + NEG + PRETRAIN: "copy-paste + Telea-erased negatives pre-train, real fine-tune",
@@ -49,7 +55,7 @@ ARM_TITLES = {"real": "real only", REAL_PRETRAIN: "real pre-train (same steps), 
 
 def arm_method(arm: str) -> str | None:
     """The painter an arm's synthetic pairs come from; None for the real-only arms."""
-    return None if arm in ("real", REAL_PRETRAIN) else arm.removesuffix(PRETRAIN).removesuffix(NEG)
+    return None if arm in ("real", REAL_PRETRAIN, REAL_EQUAL_CROPS) else arm.removesuffix(PRETRAIN).removesuffix(NEG)
 
 
 def arm_eraser(arm: str) -> str | None:
@@ -240,11 +246,17 @@ class Study:
             labelled, EraseConfig(count=c.negatives, eraser=eraser, seed=c.subset_seed, crop=crop), len(self.classes), generator))
 
     # -- one cell --
-    def epochs(self, f: float) -> int:
+    def batch_size(self, arm: str) -> int:
+        """Real crops per step: the equal-crops control fills the mixed arms' synthetic places with real ones."""
+        return self.cfg.batch_size + (self.cfg.synthetic_per_batch if arm == REAL_EQUAL_CROPS else 0)
+
+    def steps_per_epoch(self, f: float, arm: str = "real") -> int:
+        return max(1, len(self.subsets[f]) // self.batch_size(arm))
+
+    def epochs(self, f: float, arm: str = "real") -> int:
         if f == CEILING:
             return self.cfg.ceiling_epochs
-        steps_per_epoch = max(1, len(self.subsets[f]) // self.cfg.batch_size)
-        return max(1, math.ceil(self.cfg.real_steps / steps_per_epoch))
+        return max(1, math.ceil(self.cfg.real_steps / self.steps_per_epoch(f, arm)))
 
     def pretrain(self, f: float, arm: str, seed: int, run: Path) -> tuple[Path, float]:
         """Fit on the synthetic pairs alone (calibrated on the same held-out images); returns the
@@ -277,9 +289,9 @@ class Study:
         init, pre_seconds = (None, 0.0)
         if arm != "real" and schedule == "pretrain-finetune":
             init, pre_seconds = self.pretrain(f, arm, seed, run / "pretrain")
-        epochs = self.epochs(f)
+        epochs = self.epochs(f, arm)
         fm = fit(FitConfig(
-            data=str(self.real_folder(f)), out=str(run), size=c.size, epochs=epochs, batch_size=c.batch_size,
+            data=str(self.real_folder(f)), out=str(run), size=c.size, epochs=epochs, batch_size=self.batch_size(arm),
             crop_height=c.crop_height, crop_width=c.crop_width, lr=c.lr, seed=seed, threads=c.threads, device=c.device,
             defect_crop_prob=c.defect_crop_prob, val_every=epochs, init_weights=str(init) if init else None,
             synthetic_data=str(syn) if syn else None, synthetic_per_batch=c.synthetic_per_batch if syn else 0,
@@ -291,7 +303,7 @@ class Study:
             "fraction": f, "arm": arm, "seed": seed, "schedule": "real" if arm == "real" else schedule,
             "real_images": len(self.subsets[f]), "synthetic_images": 0 if method is None else self.cfg.count,
             "negative_images": self.cfg.negatives if arm_eraser(arm) else 0, "epochs": epochs,
-            "real_steps": epochs * max(1, len(self.subsets[f]) // c.batch_size),
+            "real_steps": epochs * self.steps_per_epoch(f, arm), "real_crops_per_step": self.batch_size(arm),
             "synthetic_share_of_batch": c.synthetic_per_batch / (c.batch_size + c.synthetic_per_batch) if mixed else 0.0,
             "pretrain_seconds": pre_seconds, "train_seconds": fm["train_seconds"] + pre_seconds,
             "run": str(run.relative_to(self.out)), "metrics": {k: ev[k] for k in keys},

@@ -15,6 +15,8 @@ background and Dice on present images, the margin over seed noise the goal asks 
 nothing) when those mean differences are merely positive. Where the study has the
 equal-steps control `real-pretrain`, a synthetic pre-train arm must also beat it by > 2 sd
 on both (*beats real pre-train*): otherwise its gain over real-only is the extra steps'.
+Where it has the equal-crops control `real-equal-crops`, a mixed synthetic arm must beat
+that by > 2 sd on both (*beats real equal crops*): otherwise its gain is the bigger batch's.
 """
 
 from __future__ import annotations
@@ -25,11 +27,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from train.gan.label_curve import ARM_TITLES, CEILING, PRETRAIN, REAL_PRETRAIN, StudyConfig, arm_eraser, arm_method, arm_schedule, fraction_tag, is_gan_based, plan_cells
+from train.gan.label_curve import ARM_TITLES, CEILING, CONTROLS, PRETRAIN, REAL_EQUAL_CROPS, REAL_PRETRAIN, StudyConfig, arm_eraser, arm_method, arm_schedule, fraction_tag, is_gan_based, plan_cells
 
 HEADLINE = (("miou_incl_background", "mIoU incl. background"), ("mean_dice_present", "Dice on present images"),
             ("competition_dice", "competition Dice"))
 TARGET_FRACTIONS = (0.05, 0.10)
+
+
+def control_key(control: str) -> str:
+    """'real_pretrain' for real-pretrain: the suffix of an entry's vs_* and a verdict's beats_* key."""
+    return control.replace("-", "_")
 
 
 def load_cells(out: Path) -> list[dict]:
@@ -75,8 +82,9 @@ def aggregate(cells: list[dict]) -> dict:
         rivals = copy_paste_rivals(arm, {a for (g, a) in by if g == f})
         if is_gan_based(arm) and rivals:
             entry["vs_copy_paste"] = {r: {m: paired(seeds, by[(f, r)], m) for m, _ in HEADLINE} for r in rivals}
-        if arm_method(arm) and arm_schedule(arm) == "pretrain-finetune" and (f, REAL_PRETRAIN) in by:
-            entry["vs_real_pretrain"] = {m: paired(seeds, by[(f, REAL_PRETRAIN)], m) for m, _ in HEADLINE}
+        control = CONTROLS[arm_schedule(arm)]
+        if arm_method(arm) and (f, control) in by:
+            entry[f"vs_{control_key(control)}"] = {m: paired(seeds, by[(f, control)], m) for m, _ in HEADLINE}
         out[f"{fraction_tag(f)}/{arm}"] = entry
     return out
 
@@ -108,8 +116,9 @@ def verdicts(agg: dict) -> dict:
         }
         if arm_method(e["arm"]):  # the real-pretrain control has no painter to compare
             res[key]["beats_copy_paste"] = bool(vcs) and all(_beats(vc[m]) for vc in vcs for m in both)
-        if "vs_real_pretrain" in e:
-            res[key]["beats_real_pretrain"] = all(_beats(e["vs_real_pretrain"][m]) for m in both)
+        for control in map(control_key, CONTROLS.values()):
+            if f"vs_{control}" in e:
+                res[key][f"beats_{control}"] = all(_beats(e[f"vs_{control}"][m]) for m in both)
         if vcs:
             ahead[key] = all(vc[m] and vc[m]["mean"] > 0 for vc in vcs for m in both)
     goal = {}
@@ -341,6 +350,8 @@ def render_markdown(r: dict) -> str:
              f"Data `{cfg['data']}`, scored on its whole held-out split; seeds {cfg['seeds']}; {cfg['size']} segmenter, "
              f"{cfg['real_steps']} steps of {cfg['batch_size']} real crops per cell ({cfg['crop_height']}x{cfg['crop_width']}); "
              f"mixed synthetic arms add {cfg['synthetic_per_batch']} synthetic crops on top of each batch; "
+             + (f"the equal-crops control takes {cfg['batch_size'] + cfg['synthetic_per_batch']} real crops per step instead, "
+                "for as many steps; " if REAL_EQUAL_CROPS in cfg["arms"] else "")
              + (f"'pre-train' arms first fit {cfg.get('pretrain_steps', 400)} steps of {cfg['batch_size']} synthetic crops alone, "
                 "then the same real steps with no synthetic crops; " if any(a.endswith(PRETRAIN) for a in cfg["arms"]) else "") +
              (f"'negatives' arms add {cfg.get('negatives', 100)} labelled images with every defect erased (label all clean) "
@@ -355,7 +366,9 @@ def render_markdown(r: dict) -> str:
              "also exceed 2 sd on both mIoU incl. background and Dice on present images (merely positive means are "
              "reported as 'ahead of copy-paste' and decide nothing)"
              + ("; a synthetic pre-train arm must also beat the equal-steps real pre-train by > 2 sd on both, or its gain "
-                "is the extra steps'" if REAL_PRETRAIN in cfg["arms"] else "") + ".", ""]
+                "is the extra steps'" if REAL_PRETRAIN in cfg["arms"] else "")
+             + ("; a mixed synthetic arm must also beat real-only with as many (all real) crops per step by > 2 sd on both, "
+                "or its gain is the bigger batch's" if REAL_EQUAL_CROPS in cfg["arms"] else "") + ".", ""]
     fractions = sorted({e["fraction"] for e in agg.values()})
     for f in fractions:
         rows = [e for e in agg.values() if e["fraction"] == f]
@@ -372,7 +385,8 @@ def render_markdown(r: dict) -> str:
         lines += ["", "Dice on present images per class: " + "; ".join(
             f"{ARM_TITLES[e['arm']]}: " + ", ".join(f"{k} {_ms(e['dice_present_per_class'][k], 3)}" for k in classes) for e in rows), ""]
         for e in rows:
-            rivals = {**(e.get("vs_copy_paste") or {}), **({REAL_PRETRAIN: e["vs_real_pretrain"]} if "vs_real_pretrain" in e else {})}
+            rivals = {**(e.get("vs_copy_paste") or {}),
+                      **{c: e[f"vs_{control_key(c)}"] for c in CONTROLS.values() if f"vs_{control_key(c)}" in e}}
             for rival, vc in rivals.items():
                 lines.append(f"- {ARM_TITLES[e['arm']]} vs {ARM_TITLES[rival]} (paired): mIoU {_diff(vc['miou_incl_background'])}, "
                              f"Dice present {_diff(vc['mean_dice_present'])}, competition {_diff(vc['competition_dice'])}")
@@ -385,7 +399,7 @@ def render_markdown(r: dict) -> str:
                      + ("" if ahead is None or d["beats_copy_paste"] else f" (ahead of copy-paste on average: {'yes' if ahead else 'no'})"))
     goal = "MET" if v["goal_met"] else "NOT MET"
     lines += ["", f"**Goal (a GAN-based arm beats real-only by > 2 sd on mIoU and Dice present at 5% and 10%, keeps competition Dice, "
-              f"beats copy-paste by > 2 sd on both, and the equal-steps real pre-train where the study has it): {goal}** (per fraction: {v['goal_met_at']}).", "",
+              f"beats copy-paste by > 2 sd on both, and the equal-compute real-only control of its schedule where the study has it): {goal}** (per fraction: {v['goal_met_at']}).", "",
               f"Best synthetic method by mean paired mIoU gain: **{r['best_method']}** ({r['best_method_why']}).", ""]
     if r["gan_metrics"]:
         lines += ["## The generators (held-out real defects of each fraction's validation subset)", "",
