@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Study folder: cells/, runs/, gan/, synthetic/, report.md, report.json."),
         fractions: str = typer.Option("0.05,0.1,0.02", "--fractions", help="Labelled fractions, run in this order (nested subsets)."),
         seeds: str = typer.Option("0,1,2", "--seeds", help="Segmenter seeds per (fraction, arm)."),
-        arms: str = typer.Option("real,copy-paste,gan,gan-blend", "--arms", help="Arms; 'real' is required (the paired baseline). A '-pretrain' suffix (e.g. gan-blend-pretrain) pre-trains on the synthetic pairs alone, then fine-tunes on the real ones; '-neg-pretrain' (copy-paste-neg-pretrain, gan-blend-neg-pretrain) adds defect-free negatives, erased by Telea or by the GAN."),
+        arms: str = typer.Option("real,copy-paste,gan,gan-blend", "--arms", help="Arms; 'real' is required (the paired baseline). A '-pretrain' suffix (e.g. gan-blend-pretrain) pre-trains on the synthetic pairs alone, then fine-tunes on the real ones; '-neg-pretrain' (copy-paste-neg-pretrain, gan-blend-neg-pretrain) adds defect-free negatives, erased by Telea or by the GAN. Equal-compute controls on the real labels alone: 'real-pretrain' (as many pre-train steps) and 'real-equal-crops' (as many crops per step as the mixed arms)."),
         ceiling: bool = typer.Option(True, "--ceiling/--no-ceiling", help="Also real-only on all training labels."),
         real_steps: int = typer.Option(800, "--real-steps", help="Steps of real batches per cell (same for every arm)."),
         ceiling_epochs: int = typer.Option(3, "--ceiling-epochs"),
