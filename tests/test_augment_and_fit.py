@@ -94,7 +94,7 @@ def test_arms_share_real_labels_and_held_out_images(ablation_run):
         cfg = json.loads((out / "runs" / arm / "config.json").read_text())
         assert cfg["data"] == str(out / "data" / "real")  # every arm fits on the same real folder
         if DEFAULT_SCHEDULE == "mix":
-            assert (cfg["synthetic_data"] is None) == (arm == "real")
+            assert (cfg["synthetic_data"] is None) == (arm in ("real", "real-equal-crops"))
         else:  # synthetic pairs only in the pre-training, which calibrates on the same held-out images
             assert cfg["synthetic_data"] is None and (cfg["init_weights"] is None) == (arm == "real")
             if arm == "real-pretrain":  # the control: as many pre-train steps, on the same labelled images
