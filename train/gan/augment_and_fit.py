@@ -32,16 +32,16 @@ from pathlib import Path
 
 import numpy as np
 
+from train.gan.label_curve import CONTROLS
+from train.gan.label_curve import REAL_EQUAL_CROPS as ARM_REAL_EQUAL_CROPS
+from train.gan.label_curve import REAL_PRETRAIN as ARM_REAL_PRETRAIN
 from train.gan.shape_bank import LabelledImage, masks_from_labels
 
 ARM_REAL = "real"
-# With --schedule pretrain-finetune the synthetic arms train more steps than real-only; this
-# ablation arm pre-trains as long on the labelled real images, so the report can tell a gain
-# from synthesis apart from a gain from the extra steps.
-ARM_REAL_PRETRAIN = "real-pretrain"
-# With --schedule mix the synthetic arms see more crops per step than real-only; this ablation
-# arm fills those places with more real crops, for as many steps.
-ARM_REAL_EQUAL_CROPS = "real-equal-crops"
+# --ablation adds the label-curve study's equal-compute control of the chosen schedule, so the
+# report can tell a gain from synthesis apart from one from the synthetic arms' extra compute:
+# real-pretrain pre-trains as long on the labelled real images (pretrain-finetune), and
+# real-equal-crops fills the synthetic places of each batch with more real crops (mix).
 METHOD_ARMS = {"copy-paste": "real+copy-paste", "gan": "real+gan", "gan-blend": "real+gan-blend"}
 # The default painter, from the label-curve studies on NEU-Seg (train/README.md has the numbers).
 DEFAULT_METHOD = "gan"
@@ -261,11 +261,10 @@ def augment_and_fit(cfg: AugmentConfig, console=None) -> dict:
     pretrain = cfg.schedule == "pretrain-finetune"
     arms = [(METHOD_ARMS[m] + ("-pretrain" if pretrain else ""), m) for m in methods] + ([(ARM_REAL, None)] if cfg.ablation else [])
     real_pre_folder = out / "data" / "real-pretrain"  # the labelled images alone: the control's pre-train set
-    if cfg.ablation and pretrain:
-        arms.append((ARM_REAL_PRETRAIN, None))
-        build_arm_folder(real_pre_folder, train_ds, None, [], classes)
-    elif cfg.ablation:
-        arms.append((ARM_REAL_EQUAL_CROPS, None))
+    if cfg.ablation:
+        arms.append((CONTROLS[cfg.schedule], None))
+        if pretrain:
+            build_arm_folder(real_pre_folder, train_ds, None, [], classes)
     share = cfg.synthetic_per_batch / (cfg.fit_batch_size + cfg.synthetic_per_batch)
     results = {}
     epochs, budget = cfg.fit_epochs, cfg.fit_time_budget_min
