@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ from train.gan.discriminator import PatchDiscriminator
 from train.gan.fit_gan import GanConfig, fit_gan, load_generator, paint
 from train.gan.generator import FFCResBlock, GeneratorConfig, InpaintGenerator, composite
 from train.gan.losses import d_adversarial, feature_matching, g_adversarial, masked_l1, r1_penalty
-from train.gan.pairs import PairConfig, PairSampler, to_tensors
+from train.gan.pairs import UNKNOWN, PairConfig, PairSampler, UnlabelledSampler, to_tensors
 from train.gan.quality import frechet_distance, hole_l1_psnr
 from train.gan.shape_bank import LabelledImage, labels_from_masks
 
@@ -129,6 +130,48 @@ def test_pairs_cover_real_defects_with_their_true_class_map():
     assert cmap.shape == (10, 3, 32, 32) and torch.all(cmap.sum(1) == 1)
     assert np.array_equal(cmap.argmax(1).numpy(), np.stack([c.labels for c in clean]))
     assert real.min() >= -1 and real.max() <= 1
+
+
+def test_unlabelled_pairs_say_nothing_about_classes_and_take_their_holes_from_the_labelled_bank():
+    labelled = _labelled()
+    sampler = PairSampler(labelled, 2, PairConfig(crop=32))
+    plain = [(f"u{i}", li.image) for i, li in enumerate(_labelled(seed=5))]  # other images, masks never passed
+    unl = UnlabelledSampler(plain, sampler.bank, PairConfig(crop=32))
+    rng = np.random.default_rng(0)
+    pairs = [unl.sample(rng) for _ in range(12)]
+    assert all(p.kind == "unlabelled" and p.hole.any() and (p.labels == UNKNOWN).all() for p in pairs)
+    assert all(p.image.shape == p.hole.shape == (32, 32) for p in pairs)
+    assert all(p.hole.mean() < 0.9 for p in pairs)  # a shape, not the whole crop: there is context to paint from
+    mixed = pairs[:3] + [sampler.sample(rng, "defect") for _ in range(3)]
+    _, _, cmap = to_tensors(mixed, 2)
+    assert cmap.shape == (6, 3, 32, 32)
+    assert torch.all(cmap[:3] == 0)  # unknown: no class channel is hot, not "clean steel"
+    assert torch.all(cmap[3:].sum(1) == 1)
+    with pytest.raises(ValueError, match="no unlabelled images"):
+        UnlabelledSampler([], sampler.bank, PairConfig(crop=32))
+
+
+def test_fit_with_unlabelled_images_reads_plain_folders_and_skips_broken_files(tmp_path):
+    data = make_mask_folder(tmp_path / "data")
+    plain = tmp_path / "plain"
+    (plain / "line3").mkdir(parents=True)
+    for i, s in enumerate(tiny_samples(n_train=5, n_val=0, seed=9)):
+        cv2.imwrite(str(plain / "line3" / f"frame{i}.png"), s.image)
+    (plain / "line3" / "broken.jpg").write_bytes(b"not a jpeg")
+    cfg = dict(data=str(data), crop=32, batch_size=4, base=8, ffc_blocks=1, d_base=8, eval_pairs=4, threads=1, steps=2)
+    m = fit_gan(GanConfig(out=str(tmp_path / "gan"), unlabelled_data=str(plain), **cfg))
+    assert m["unlabelled_images"] == 5 and m["steps"] == 2
+    assert len(m["unlabelled_skipped"]) == 1 and "broken.jpg" in m["unlabelled_skipped"][0]  # skipped, and said which
+    # A labelled data set folder also serves: its masks are dropped as read.
+    m = fit_gan(GanConfig(out=str(tmp_path / "gan2"), unlabelled_data=str(make_mask_folder(tmp_path / "other", seed=3)), **cfg))
+    assert m["unlabelled_images"] == 12  # its train and val images alike
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no readable images"):
+        fit_gan(GanConfig(out=str(tmp_path / "gan3"), unlabelled_data=str(tmp_path / "empty"), **cfg))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        fit_gan(GanConfig(out=str(tmp_path / "gan4"), unlabelled_data=str(tmp_path / "missing"), **cfg))
+    with pytest.raises(ValueError, match="unlabelled_share"):
+        GanConfig(out="x", unlabelled_share=1.0, **cfg)
 
 
 def test_quality_numbers():

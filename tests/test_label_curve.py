@@ -268,3 +268,51 @@ def test_a_mixed_gan_arm_that_only_matches_the_equal_crops_control_does_not_meet
     lifted = [dict(c, metrics={**c["metrics"], **{k: c["metrics"][k] + 0.02 for k in ("miou_incl_background", "mean_dice_present")}})
               if c["arm"] == "gan" else c for c in cells]
     assert verdicts(aggregate(lifted))["goal_met"]
+
+
+def test_the_unlabelled_gan_arm_learns_from_the_fractions_other_training_images_only(study, tmp_path):
+    data, out, args, _ = study
+    ext = tmp_path / "unlabelled"
+    moved = [a if a != str(out) else str(ext) for a in args]
+    moved[moved.index("--fractions") + 1], moved[moved.index("--arms") + 1] = "0.5", "real,copy-paste,gan-unlabelled"
+    r = CliRunner().invoke(app, [*moved, "--reuse-cells", str(out / "report.json")])
+    assert r.exit_code == 0, r.output
+    folder = ext / "data" / "f0.500-unlabelled"
+    unlabelled = {p.stem for p in folder.glob("*.png")}
+    labelled = set(json.loads((ext / "runs" / "f0.500" / "gan-unlabelled" / "seed0" / "split.json").read_text())["train_ids"])
+    train_ids = set(open_dataset(data, split="train").ids)
+    assert unlabelled == train_ids - labelled and len(unlabelled) == 8  # the other half of the training split
+    assert not any(p.is_dir() for p in folder.iterdir())  # plain images: no masks to leak
+    gan = ext / "gan-unlabelled" / "f0.500"
+    gm = json.loads((gan / "gan_metrics.json").read_text())
+    assert gm["unlabelled_images"] == 8 and gm["labelled_images"] == 8
+    gcfg = json.loads((gan / "config.json").read_text())
+    # Half of each batch is unlabelled, so it trains twice as long to see as many labelled pairs.
+    assert gcfg["unlabelled_share"] == 0.5 and gcfg["time_budget_min"] == pytest.approx(0.02)
+    report = json.loads((ext / "report.json").read_text())
+    agg = report["aggregates"]["f0.500/gan-unlabelled"]
+    assert {"vs_real", "vs_copy_paste"} <= set(agg) and "f0.500/gan-unlabelled" in report["verdict"]["per_arm"]
+    assert "0.5 + unlabelled images" in report["gan_metrics"]
+    assert "GAN that also learned from the unlabelled images" in (ext / "report.md").read_text()
+
+
+def test_the_unlabelled_gan_is_paired_with_the_plain_gan_and_can_carry_the_goal():
+    cells = _gan_level_with_its_control("gan-unlabelled", "copy-paste", "real-equal-crops")
+    cells = [c for c in cells if c["arm"] != "real-equal-crops"]  # no control in this study: the rule cannot ask for it
+    cells += [_cell(c["fraction"], "gan", c["seed"], c["metrics"]["miou_incl_background"] - 0.02 - 0.001 * c["seed"],
+                    c["metrics"]["mean_dice_present"] - 0.02, 0.9) for c in cells if c["arm"] == "gan-unlabelled"]
+    agg = aggregate(cells)
+    vg = agg["f0.100/gan-unlabelled"]["vs_gan"]["miou_incl_background"]
+    assert vg["values"] == pytest.approx([0.02, 0.021, 0.022]) and "vs_gan" not in agg["f0.100/gan"]
+    assert verdicts(agg)["goal_met"]  # a GAN-based arm: it counts for the goal like any other
+
+
+def test_a_study_started_before_a_setting_existed_resumes_as_if_it_had_the_default(study):
+    _, out, args, _ = study
+    path = out / "study_config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["unlabelled_share"]  # as a study folder written before the setting was added
+    path.write_text(json.dumps(cfg))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "12 already done" in r.output and json.loads(path.read_text())["unlabelled_share"] == 0.5

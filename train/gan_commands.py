@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         sample_every: int = typer.Option(250, "--sample-every", help="Write a sample grid every N steps."),
         checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
         eval_pairs: int = typer.Option(256, "--eval-pairs", help="Held-out real defects used for gan_metrics.json."),
+        unlabelled: Optional[Path] = typer.Option(None, "--unlabelled-data", help="Images without masks (a data set folder, whose masks are ignored, or any image folder): a share of each batch teaches the generator steel texture from them."),
+        unlabelled_share: float = typer.Option(0.5, "--unlabelled-share", help="Share of each batch drawn from --unlabelled-data."),
         segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="A `train fit` run whose encoder gives the Fréchet-distance features (default: a seeded random conv net)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from RUN/gan_checkpoint.pt."),
         noise_channels: int = typer.Option(4, "--noise-channels", help="Noise maps in the hole (0: one fill per mask)."),
@@ -53,6 +55,7 @@ def register(app: typer.Typer) -> None:
                 checkpoint_every=checkpoint_every, eval_pairs=eval_pairs, resume=resume, threads=threads, device=device,
                 noise_channels=noise_channels, ffl_weight=ffl_weight, ms_weight=ms_weight,
                 measure_at_min=_numbers(measure_at, float, "--measure-at-min"),
+                unlabelled_data=str(unlabelled) if unlabelled else None, unlabelled_share=unlabelled_share,
                 feature_net="segmenter" if segmenter else "random", segmenter_run=str(segmenter) if segmenter else None,
             )
         except ValueError as e:
@@ -141,7 +144,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Study folder: cells/, runs/, gan/, synthetic/, report.md, report.json."),
         fractions: str = typer.Option("0.05,0.1,0.02", "--fractions", help="Labelled fractions, run in this order (nested subsets)."),
         seeds: str = typer.Option("0,1,2", "--seeds", help="Segmenter seeds per (fraction, arm)."),
-        arms: str = typer.Option("real,copy-paste,gan,gan-blend,real-equal-crops", "--arms", help="Arms; 'real' is required (the paired baseline). A '-pretrain' suffix (e.g. gan-blend-pretrain) pre-trains on the synthetic pairs alone, then fine-tunes on the real ones; '-neg-pretrain' (copy-paste-neg-pretrain, gan-blend-neg-pretrain) adds defect-free negatives, erased by Telea or by the GAN. Equal-compute controls on the real labels alone: 'real-pretrain' (as many pre-train steps) and 'real-equal-crops' (as many crops per step as the mixed arms)."),
+        arms: str = typer.Option("real,copy-paste,gan,gan-blend,real-equal-crops", "--arms", help="Arms; 'real' is required (the paired baseline). A '-pretrain' suffix (e.g. gan-blend-pretrain) pre-trains on the synthetic pairs alone, then fine-tunes on the real ones; '-neg-pretrain' (copy-paste-neg-pretrain, gan-blend-neg-pretrain) adds defect-free negatives, erased by Telea or by the GAN. Equal-compute controls on the real labels alone: 'real-pretrain' (as many pre-train steps) and 'real-equal-crops' (as many crops per step as the mixed arms). 'gan-unlabelled': a GAN that also learns from the fraction's other training images with their masks withheld."),
         ceiling: bool = typer.Option(True, "--ceiling/--no-ceiling", help="Also real-only on all training labels."),
         real_steps: int = typer.Option(800, "--real-steps", help="Steps of real batches per cell (same for every arm)."),
         ceiling_epochs: int = typer.Option(3, "--ceiling-epochs"),

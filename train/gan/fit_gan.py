@@ -21,7 +21,7 @@ from train.ema import ema_decay_at, ema_update
 from train.gan.discriminator import PatchDiscriminator
 from train.gan.generator import GeneratorConfig, InpaintGenerator, composite
 from train.gan.losses import d_adversarial, feature_matching, focal_frequency, g_adversarial, masked_l1, mode_seeking, r1_penalty
-from train.gan.pairs import Pair, PairConfig, PairSampler, to_tensors, to_uint8
+from train.gan.pairs import Pair, PairConfig, PairSampler, UnlabelledSampler, to_tensors, to_uint8
 from train.gan.quality import FeatureNet, fill_diversity, measure
 from train.gan.report import gan_sample_grid
 from train.gan.shape_bank import load_labelled
@@ -62,6 +62,10 @@ class GanConfig:
     checkpoint_every: int = 250
     eval_pairs: int = 256
     measure_at_min: tuple[float, ...] = ()  # also measure the EMA generator at these training minutes (quality_curve.json)
+    # Images whose masks are never read: a share of each batch is drawn from them with an
+    # all-unknown class map, so the generator learns texture on more than the labelled images.
+    unlabelled_data: str | None = None
+    unlabelled_share: float = 0.5
     feature_net: str = "random"  # random | segmenter
     segmenter_run: str | None = None
     resume: bool = False
@@ -77,6 +81,8 @@ class GanConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.feature_net == "segmenter" and not self.segmenter_run:
             raise ValueError("feature_net 'segmenter' needs segmenter_run")
+        if not 0.0 < self.unlabelled_share < 1.0:
+            raise ValueError(f"unlabelled_share must be in (0, 1), got {self.unlabelled_share}")
         if self.ms_weight > 0 and (self.noise_channels < 1 or self.batch_size < 2):
             raise ValueError("ms_weight > 0 needs noise_channels >= 1 and batch_size >= 2 (pairs are drawn twice)")
 
@@ -169,6 +175,38 @@ def load_held_out_pairs(held_ds, num_classes: int, crop: int, seed: int, n: int)
     return held_out_pairs(load_labelled(held_ds, idx), num_classes, crop, seed, n)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def load_images_only(data: str, console=None) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """((id, image) of every image under `data`, the problems skipped): `data` is a labelled
+    data set folder (its masks are dropped as read) or any folder of plain images, as a mill
+    has by the thousand. An image that cannot be decoded is skipped and reported."""
+    from inspect_edge.data import open_dataset
+    from inspect_edge.data.dataset import DataError, read_gray
+
+    root = Path(data)
+    try:
+        ds = open_dataset(root)
+    except DataError:
+        ds = None
+    if ds is not None:
+        return [(s.image_id, s.image) for s in (ds[i] for i in range(len(ds)))], [str(p) for p in ds.problems]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of unlabelled images")
+    out, bad = [], []
+    for path in sorted(q for q in root.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            out.append((str(path.relative_to(root)), read_gray(path)))
+        except DataError as e:
+            bad.append(str(e))
+    if bad and console is not None:
+        console.print(f"[yellow]{len(bad)} unlabelled image(s) skipped[/], first: {bad[0]}")
+    if not out:
+        raise ValueError(f"{root}: no readable images ({', '.join(IMAGE_SUFFIXES)})")
+    return out, bad
+
+
 def fit_gan(cfg: GanConfig, console=None) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -194,10 +232,20 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
     labelled = load_labelled(train_ds)
     eval_pairs = load_held_out_pairs(held_ds, k, cfg.crop, cfg.seed, cfg.eval_pairs)
     sampler = PairSampler(labelled, k, PairConfig(crop=cfg.crop, defect_share=cfg.defect_share))
+    unlabelled, skipped = None, []
+    if cfg.unlabelled_data:
+        images, skipped = load_images_only(cfg.unlabelled_data, console)
+        unlabelled = UnlabelledSampler(images, sampler.bank, PairConfig(crop=cfg.crop))
     console.print(
         f"GAN: {len(labelled)} labelled images ({sampler.bank.summary()['shapes']} defect shapes), "
-        f"held-out {len(eval_pairs)} pairs from {len(held_ds)} images ({how}); device {device}"
+        + (f"{len(unlabelled.images)} unlabelled ({cfg.unlabelled_share:.0%} of each batch), " if unlabelled else "")
+        + f"held-out {len(eval_pairs)} pairs from {len(held_ds)} images ({how}); device {device}"
     )
+
+    def draw() -> Pair:
+        if unlabelled is not None and rng.random() < cfg.unlabelled_share:
+            return unlabelled.sample(rng)
+        return sampler.sample(rng)
 
     gen = InpaintGenerator(GeneratorConfig(num_classes=k, base=cfg.base, ffc_blocks=cfg.ffc_blocks,
                                            noise_channels=cfg.noise_channels)).to(device)
@@ -258,10 +306,10 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
                 break
             gen.train()
             if cfg.ms_weight > 0:  # each pair twice, with two noise codes: the mode-seeking term compares them
-                half = [sampler.sample(rng) for _ in range(cfg.batch_size // 2)]
+                half = [draw() for _ in range(cfg.batch_size // 2)]
                 batch_pairs = half + half
             else:
-                batch_pairs = [sampler.sample(rng) for _ in range(cfg.batch_size)]
+                batch_pairs = [draw() for _ in range(cfg.batch_size)]
             real, hole, cmap = (t.to(device) for t in to_tensors(batch_pairs, k))
             z = gen.noise_like(hole)
             # Discriminator step.
@@ -323,6 +371,7 @@ def fit_gan(cfg: GanConfig, console=None) -> dict:
     metrics.update({
         "steps": step, "stopped_by": stopped, "train_seconds": round(time.monotonic() - t0, 1),
         "labelled_images": len(labelled), "held_out_images": len(held_ds), "split": how,
+        "unlabelled_images": len(unlabelled.images) if unlabelled else 0, "unlabelled_skipped": skipped,
     })
     (out / "gan_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics

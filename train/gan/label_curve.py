@@ -19,6 +19,12 @@ mixed arms see `batch_size + synthetic_per_batch` crops per step against real-on
 `batch_size`; `real-equal-crops` fills those extra places with more real crops, so it
 tells a gain from synthesis apart from a gain from bigger batches.
 
+`gan-unlabelled` breaks the one-GAN-per-fraction rule on purpose: its generator also learns
+from the fraction's *other* training images with their masks withheld (a share of each
+batch, all-unknown class map; `GanConfig.unlabelled_data`), as many labelled pairs as the
+plain GAN. It asks whether a generator that sees information the segmenter does not
+(unlabelled steel, which a mill has in bulk) adds what a labelled-only one could not.
+
 Every (fraction, arm, seed) cell is written to cells/ as it finishes and skipped on a
 re-run, so the study can be stopped and resumed at any point; GANs and synthetic sets
 are reused the same way. `label_curve_report` turns the cells into report.md/json and
@@ -41,13 +47,15 @@ NEG = "-neg"  # before PRETRAIN: the pre-train set also holds defect-free negati
 NEG_ERASER = {"copy-paste": "telea", "gan-blend": "gan"}  # copy-paste has no generator: Telea is its eraser
 REAL_PRETRAIN = "real" + PRETRAIN  # the control of the pre-train arms: as many pre-train steps, on the real images
 REAL_EQUAL_CROPS = "real-equal-crops"  # the control of the mixed arms: as many crops per step, all real
+GAN_UNLABELLED = "gan-unlabelled"  # painted by a GAN that also learned from the fraction's unlabelled images
 CONTROLS = {"pretrain-finetune": REAL_PRETRAIN, "mix": REAL_EQUAL_CROPS}  # a synthetic arm's schedule -> its equal-compute control
-ARMS = ("real", REAL_PRETRAIN, REAL_EQUAL_CROPS, "copy-paste", "gan", "gan-blend", "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
+ARMS = ("real", REAL_PRETRAIN, REAL_EQUAL_CROPS, "copy-paste", "gan", "gan-blend", GAN_UNLABELLED, "copy-paste" + PRETRAIN, "gan" + PRETRAIN, "gan-blend" + PRETRAIN,
         "copy-paste" + NEG + PRETRAIN, "gan-blend" + NEG + PRETRAIN)
 _METHOD_TITLES = {"copy-paste": "copy-paste", "gan": "GAN", "gan-blend": "GAN-blend (hybrid)"}
 ARM_TITLES = {"real": "real only", REAL_PRETRAIN: "real pre-train (same steps), real fine-tune",
               REAL_EQUAL_CROPS: "real only, as many crops per step as the mixed arms",
               **{m: f"real + {t}" for m, t in _METHOD_TITLES.items()},
+              GAN_UNLABELLED: "real + GAN that also learned from the unlabelled images",
               **{m + PRETRAIN: f"{t} pre-train, real fine-tune" for m, t in _METHOD_TITLES.items()},
               "copy-paste" + NEG + PRETRAIN: "copy-paste + Telea-erased negatives pre-train, real fine-tune",
               "gan-blend" + NEG + PRETRAIN: "GAN-blend + GAN-erased negatives pre-train, real fine-tune"}
@@ -56,6 +64,11 @@ ARM_TITLES = {"real": "real only", REAL_PRETRAIN: "real pre-train (same steps), 
 def arm_method(arm: str) -> str | None:
     """The painter an arm's synthetic pairs come from; None for the real-only arms."""
     return None if arm in ("real", REAL_PRETRAIN, REAL_EQUAL_CROPS) else arm.removesuffix(PRETRAIN).removesuffix(NEG)
+
+
+def painter(method: str) -> str:
+    """The synthesis method behind an arm's method: the unlabelled-data GAN paints like the GAN."""
+    return "gan" if method == GAN_UNLABELLED else method
 
 
 def arm_eraser(arm: str) -> str | None:
@@ -68,7 +81,7 @@ def arm_schedule(arm: str) -> str:
 
 
 def is_gan_based(arm: str) -> bool:
-    return arm_method(arm) in ("gan", "gan-blend") or arm_eraser(arm) == "gan"
+    return arm_method(arm) in ("gan", "gan-blend", GAN_UNLABELLED) or arm_eraser(arm) == "gan"
 CEILING = 1.0
 log = logging.getLogger("train.label_curve")
 
@@ -103,6 +116,7 @@ class StudyConfig:
     gan_batch_size: int = 8
     gan_eval_pairs: int = 256
     gan_options: dict = field(default_factory=dict)  # any other GanConfig field, e.g. {"ffl_weight": 0}
+    unlabelled_share: float = 0.5  # gan-unlabelled: share of each GAN batch from the unlabelled images
     threads: int | None = 2
     device: str = "auto"
 
@@ -110,6 +124,8 @@ class StudyConfig:
         self.fractions, self.arms, self.seeds = tuple(self.fractions), tuple(self.arms), tuple(self.seeds)
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
+        if not 0.0 < self.unlabelled_share < 1.0:
+            raise ValueError(f"unlabelled_share must be in (0, 1), got {self.unlabelled_share}")
         bad = [a for a in self.arms if a not in ARMS]
         if bad:
             raise ValueError(f"unknown arm(s) {bad}; valid: {', '.join(ARMS)}")
@@ -194,21 +210,44 @@ class Study:
         """The fraction's labelled images alone (no held-out split): the real control's pre-train set."""
         return self._data_folder(f"{fraction_tag(f)}-pretrain", self.labelled(f), None)
 
-    def generator(self, f: float) -> Path:
+    def unlabelled_folder(self, f: float) -> Path:
+        """data/<fraction>-unlabelled: the training images outside the fraction's labelled
+        subset, written as plain images with no masks at all (never the held-out split)."""
+        import cv2
+
+        folder = self.out / "data" / f"{fraction_tag(f)}-unlabelled"
+        done = folder / "done.txt"
+        if not done.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            rest = np.setdiff1d(np.arange(len(self.train_ds)), self.subsets[f])
+            for i in rest:
+                s = self.train_ds[int(i)]
+                cv2.imwrite(str(folder / f"{s.image_id}.png"), s.image)
+            done.write_text(f"{rest.size}\n")
+        return folder
+
+    def generator(self, f: float, unlabelled: bool = False) -> Path:
+        """The fraction's GAN run; with `unlabelled`, the one that also learns from the fraction's
+        unlabelled images (as many steps again per labelled pair as the share takes from them)."""
         from train.gan.fit_gan import GanConfig, fit_gan
 
-        run = self.out / "gan" / fraction_tag(f)
+        c = self.cfg
+        run = self.out / ("gan-unlabelled" if unlabelled else "gan") / fraction_tag(f)
         if not (run / "gan_metrics.json").is_file():
-            c = self.cfg
-            length = f"{c.gan_steps} steps" if c.gan_steps else f"{c.gan_minutes:g} min"
-            self.console.print(f"[bold]GAN[/] for fraction {f:g} ({len(self.subsets[f])} labelled images), {length}")
+            stretch = 1.0 / (1.0 - c.unlabelled_share) if unlabelled else 1.0
+            steps = round(c.gan_steps * stretch) if c.gan_steps else None
+            length = f"{steps} steps" if steps else f"{c.gan_minutes * stretch:g} min"
+            extra = {"unlabelled_data": str(self.unlabelled_folder(f)), "unlabelled_share": c.unlabelled_share} if unlabelled else {}
+            self.console.print(f"[bold]GAN[/] for fraction {f:g} ({len(self.subsets[f])} labelled images"
+                               + (", and the unlabelled rest" if unlabelled else "") + f"), {length}")
             fit_gan(GanConfig(data=str(self.real_folder(f)), out=str(run), crop=c.gan_crop, base=c.gan_base,
-                              batch_size=c.gan_batch_size, steps=c.gan_steps or 10**7,
-                              time_budget_min=None if c.gan_steps else c.gan_minutes, eval_pairs=c.gan_eval_pairs,
-                              seed=c.subset_seed, threads=c.threads, device=c.device, resume=True, **c.gan_options), self.console)
+                              batch_size=c.gan_batch_size, steps=steps or 10**7,
+                              time_budget_min=None if steps else c.gan_minutes * stretch, eval_pairs=c.gan_eval_pairs,
+                              seed=c.subset_seed, threads=c.threads, device=c.device, resume=True, **c.gan_options, **extra),
+                    self.console)
         return run
 
-    def _made_once(self, f: float, name: str, painted: bool, make) -> Path:
+    def _made_once(self, f: float, name: str, painted: bool, make, unlabelled_gan: bool = False) -> Path:
         """synthetic/<fraction>/<name>: `make(labelled, generator, crop)` on that fraction's labelled
         images (generator None unless `painted`), written once and reused by every arm and re-run."""
         folder = self.out / "synthetic" / fraction_tag(f) / name
@@ -220,7 +259,7 @@ class Study:
 
         generator, crop = None, self.cfg.gan_crop
         if painted:
-            generator, meta = load_generator(self.generator(f))
+            generator, meta = load_generator(self.generator(f, unlabelled_gan))
             crop = int(meta["crop"])
         labelled = load_labelled(self.labelled(f))
         t = time.monotonic()
@@ -232,11 +271,11 @@ class Study:
         from train.gan.shape_bank import ShapeBank
         from train.gan.synthesize import PAINTED, SynthConfig, synthesize_samples
 
-        c = self.cfg
-        return self._made_once(f, method, method in PAINTED, lambda labelled, generator, crop: synthesize_samples(
+        c, how = self.cfg, painter(method)
+        return self._made_once(f, method, how in PAINTED, lambda labelled, generator, crop: synthesize_samples(
             labelled, ShapeBank.from_images(labelled, len(self.classes)),
-            SynthConfig(count=c.count, method=method, seed=c.subset_seed, crop=crop, max_defects_per_image=c.max_defects_per_image),
-            self.classes, generator))
+            SynthConfig(count=c.count, method=how, seed=c.subset_seed, crop=crop, max_defects_per_image=c.max_defects_per_image),
+            self.classes, generator), unlabelled_gan=method == GAN_UNLABELLED)
 
     def negatives_folder(self, f: float, eraser: str) -> Path:
         from train.gan.erase import EraseConfig, erase_defects
@@ -351,7 +390,9 @@ def run_study(cfg: StudyConfig, console=None, reuse: list[Path] = ()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "study_config.json"
     if cfg_path.is_file():
-        old, new = json.loads(cfg_path.read_text()), json.loads(json.dumps(cfg.to_dict()))
+        # A setting added since the study started counts as its default there.
+        defaults = json.loads(json.dumps(asdict(StudyConfig(data=cfg.data, out=cfg.out))))
+        old, new = {**defaults, **json.loads(cfg_path.read_text())}, json.loads(json.dumps(cfg.to_dict()))
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in CELL_SELECTION)
         if changed:
             raise ValueError(f"{cfg_path}: this study was started with other settings ({', '.join(changed)}); "

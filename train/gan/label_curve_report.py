@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from train.gan.label_curve import ARM_TITLES, CEILING, CONTROLS, PRETRAIN, REAL_EQUAL_CROPS, REAL_PRETRAIN, StudyConfig, arm_eraser, arm_method, arm_schedule, fraction_tag, is_gan_based, plan_cells
+from train.gan.label_curve import ARM_TITLES, CEILING, CONTROLS, GAN_UNLABELLED, PRETRAIN, REAL_EQUAL_CROPS, REAL_PRETRAIN, StudyConfig, arm_eraser, arm_method, arm_schedule, fraction_tag, is_gan_based, painter, plan_cells
 
 HEADLINE = (("miou_incl_background", "mIoU incl. background"), ("mean_dice_present", "Dice on present images"),
             ("competition_dice", "competition Dice"))
@@ -85,6 +85,8 @@ def aggregate(cells: list[dict]) -> dict:
         control = CONTROLS[arm_schedule(arm)]
         if arm_method(arm) and (f, control) in by:
             entry[f"vs_{control_key(control)}"] = {m: paired(seeds, by[(f, control)], m) for m, _ in HEADLINE}
+        if arm == GAN_UNLABELLED and (f, "gan") in by:  # the same painter, its generator without the unlabelled images
+            entry["vs_gan"] = {m: paired(seeds, by[(f, "gan")], m) for m, _ in HEADLINE}
         out[f"{fraction_tag(f)}/{arm}"] = entry
     return out
 
@@ -183,12 +185,19 @@ def plot_curve(agg: dict, path: Path) -> None:
     plt.close(fig)
 
 
+GRID_METHODS = {"copy-paste": "copy-paste", "gan": "GAN", "gan-blend": "GAN-blend", GAN_UNLABELLED: "GAN + unlabelled"}
+
+
+def grid_methods(out: Path, fraction: float) -> list[str]:
+    return [m for m in GRID_METHODS if (out / "synthetic" / fraction_tag(fraction) / m / "manifest.json").is_file()]
+
+
 def sample_grids(out: Path, fraction: float, classes: list[str], per_class: int = 3, tile: int = 96) -> dict[str, str]:
-    """samples_<class>.png: real source defect | copy-paste | GAN | GAN-blend | mask, same mask per row."""
+    """samples_<class>.png: real source defect | each painter's fill | mask, same mask per row."""
     from inspect_edge.data import open_dataset
     from train.gan.report import mosaic, overlay
 
-    methods = [m for m in ("copy-paste", "gan", "gan-blend") if (out / "synthetic" / fraction_tag(fraction) / m / "manifest.json").is_file()]
+    methods = grid_methods(out, fraction)
     if not methods:
         return {}
     sets = {m: open_dataset(out / "synthetic" / fraction_tag(fraction) / m) for m in methods}
@@ -219,7 +228,7 @@ def sample_grids(out: Path, fraction: float, classes: list[str], per_class: int 
             else:
                 row.append(np.zeros((tile, tile), np.uint8))
             for m in methods:
-                s = sets[m][sets[m].ids.index(f"syn_{m.replace('-', '')}_{n:05d}")]  # same n = same placements
+                s = sets[m][sets[m].ids.index(f"syn_{painter(m).replace('-', '')}_{n:05d}")]  # same n = same placements
                 row.append(crop(s.image, x, y, w, h))
             labels = np.zeros(s.image.shape, np.uint8)
             for j in range(len(classes)):
@@ -318,9 +327,10 @@ def write_study_report(out: Path) -> dict:
     method, why = best_method(agg)
     gans = {}
     for f in cfg.fractions:
-        p = out / "gan" / fraction_tag(f) / "gan_metrics.json"
-        if p.is_file():
-            gans[f"{f:g}"] = json.loads(p.read_text())
+        for folder, name in (("gan", f"{f:g}"), ("gan-unlabelled", f"{f:g} + unlabelled images")):
+            p = out / folder / fraction_tag(f) / "gan_metrics.json"
+            if p.is_file():
+                gans[name] = json.loads(p.read_text())
     classes = list(cells[0]["metrics"]["per_class_dice_present"]) if cells else []
     pictures = {}
     if cells:
@@ -328,8 +338,9 @@ def write_study_report(out: Path) -> dict:
         pictures["label curve"] = "label_curve.png"
         shown = max((f for f in cfg.fractions if (out / "synthetic" / fraction_tag(f)).is_dir()), default=None)
         if shown is not None:
+            columns = " | ".join(["real source", *(GRID_METHODS[m] for m in grid_methods(out, shown)), "mask"])
             for name, rel in sample_grids(out, shown, classes).items():
-                pictures[f"{name} at {shown:g} labels (real source | copy-paste | GAN | GAN-blend | mask)"] = rel
+                pictures[f"{name} at {shown:g} labels ({columns})"] = rel
             rel = erase_grid(out, shown)
             if rel:
                 pictures[f"defect-free negatives at {shown:g} labels (real, defects tinted | Telea-erased | GAN-erased)"] = rel
@@ -385,7 +396,7 @@ def render_markdown(r: dict) -> str:
         lines += ["", "Dice on present images per class: " + "; ".join(
             f"{ARM_TITLES[e['arm']]}: " + ", ".join(f"{k} {_ms(e['dice_present_per_class'][k], 3)}" for k in classes) for e in rows), ""]
         for e in rows:
-            rivals = {**(e.get("vs_copy_paste") or {}),
+            rivals = {**(e.get("vs_copy_paste") or {}), **({"gan": e["vs_gan"]} if "vs_gan" in e else {}),
                       **{c: e[f"vs_{control_key(c)}"] for c in CONTROLS.values() if f"vs_{control_key(c)}" in e}}
             for rival, vc in rivals.items():
                 lines.append(f"- {ARM_TITLES[e['arm']]} vs {ARM_TITLES[rival]} (paired): mIoU {_diff(vc['miou_incl_background'])}, "

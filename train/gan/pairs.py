@@ -6,6 +6,10 @@ A pair is a square crop of a real image, a hole and the crop's true class map. T
 - clean holes: a real defect *shape* from another image dropped where the crop is clean
   steel (class map 0 there), so it learns to paint plain steel into defect-shaped holes.
 The class map is always the truth, so no extra labels are needed.
+
+A third kind, from images whose labels are not used (`UnlabelledSampler`): a bank shape
+dropped anywhere, and a class map that says nothing (every channel 0, label `UNKNOWN`), so
+the generator learns steel texture from context on far more images than carry labels.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import cv2
 import numpy as np
 
 from train.gan.shape_bank import LabelledImage, ShapeBank, TransformConfig, transform_shape
+
+
+UNKNOWN = 255  # label of a pixel whose class is not known: an all-zero class map there
 
 
 @dataclass(frozen=True)
@@ -29,10 +36,10 @@ class PairConfig:
 @dataclass
 class Pair:
     image: np.ndarray  # uint8 (C, C)
-    labels: np.ndarray  # uint8 (C, C), 0 clean, k+1 class k
+    labels: np.ndarray  # uint8 (C, C), 0 clean, k+1 class k, UNKNOWN not known
     hole: np.ndarray  # bool (C, C)
     source_id: str
-    kind: str  # "defect" | "clean"
+    kind: str  # "defect" | "clean" | "unlabelled"
 
 
 def pad_to(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,38 +126,73 @@ class PairSampler:
     def _clean_pair(self, rng: np.random.Generator) -> Pair:
         c = self.cfg.crop
         li = self.images[int(rng.integers(len(self.images)))]
-        H, W = li.image.shape
-        y0, x0 = int(rng.integers(0, H - c + 1)), int(rng.integers(0, W - c + 1))
-        win = (slice(y0, y0 + c), slice(x0, x0 + c))
-        if len(self.bank):
-            shape_mask, _ = transform_shape(self.bank.pick(rng), rng, self.transform)
-        else:  # no defects anywhere: an ellipse
-            shape_mask = np.zeros((c // 3, c // 3), np.uint8)
-            cv2.ellipse(shape_mask, (c // 6, c // 6), (c // 6, int(rng.integers(2, c // 6 + 1))), 0, 0, 360, 1, -1)
-            shape_mask = shape_mask > 0
-        h, w = shape_mask.shape
-        hole = np.zeros((c, c), bool)
-        y, x = int(rng.integers(0, c - h + 1)), int(rng.integers(0, c - w + 1))
-        hole[y : y + h, x : x + w] = shape_mask
-        hole = dilate(hole, int(rng.integers(self.cfg.dilate_range[0], self.cfg.dilate_range[1] + 1)))
+        win = random_window(rng, li.image.shape, c)
+        hole = shape_hole(rng, self.bank, self.transform, self.cfg)
         return self._finish(rng, li.image[win], li.labels[win], hole, li.image_id, "clean")
 
     def _finish(self, rng, image, labels, hole, source_id, kind) -> Pair:
-        if rng.random() < 0.5:
-            image, labels, hole = image[:, ::-1], labels[:, ::-1], hole[:, ::-1]
-        if rng.random() < 0.5:
-            image, labels, hole = image[::-1], labels[::-1], hole[::-1]
-        return Pair(np.ascontiguousarray(image), np.ascontiguousarray(labels), np.ascontiguousarray(hole), source_id, kind)
+        return random_flips(rng, image, labels, hole, source_id, kind)
+
+
+class UnlabelledSampler:
+    """Pairs from images whose masks are never read: a bank shape (from the labelled images)
+    dropped at random, class map UNKNOWN everywhere. Whatever lies under the hole, defect or
+    clean steel, is the target, so the generator learns texture from context alone."""
+
+    def __init__(self, images: list[tuple[str, np.ndarray]], bank: ShapeBank, cfg: PairConfig) -> None:
+        if not images:
+            raise ValueError("no unlabelled images to draw GAN training pairs from")
+        self.cfg, self.bank = cfg, bank
+        self.images = [(i, pad_to(img, img, cfg.crop)[0]) for i, img in images]
+        self.transform = TransformConfig(max_extent=cfg.crop - 16)
+
+    def sample(self, rng: np.random.Generator) -> Pair:
+        c = self.cfg.crop
+        image_id, image = self.images[int(rng.integers(len(self.images)))]
+        win = random_window(rng, image.shape, c)
+        hole = shape_hole(rng, self.bank, self.transform, self.cfg)
+        return random_flips(rng, image[win], np.full((c, c), UNKNOWN, np.uint8), hole, image_id, "unlabelled")
+
+
+def random_window(rng: np.random.Generator, shape: tuple[int, int], crop: int) -> tuple[slice, slice]:
+    y0, x0 = int(rng.integers(0, shape[0] - crop + 1)), int(rng.integers(0, shape[1] - crop + 1))
+    return slice(y0, y0 + crop), slice(x0, x0 + crop)
+
+
+def shape_hole(rng: np.random.Generator, bank: ShapeBank, transform: TransformConfig, cfg: PairConfig) -> np.ndarray:
+    """A crop-sized hole: a transformed bank shape (an ellipse when the bank is empty) at a
+    random place, dilated like the defect holes."""
+    c = cfg.crop
+    if len(bank):
+        shape_mask, _ = transform_shape(bank.pick(rng), rng, transform)
+    else:
+        shape_mask = np.zeros((c // 3, c // 3), np.uint8)
+        cv2.ellipse(shape_mask, (c // 6, c // 6), (c // 6, int(rng.integers(2, c // 6 + 1))), 0, 0, 360, 1, -1)
+        shape_mask = shape_mask > 0
+    h, w = shape_mask.shape
+    hole = np.zeros((c, c), bool)
+    y, x = int(rng.integers(0, c - h + 1)), int(rng.integers(0, c - w + 1))
+    hole[y : y + h, x : x + w] = shape_mask
+    return dilate(hole, int(rng.integers(cfg.dilate_range[0], cfg.dilate_range[1] + 1)))
+
+
+def random_flips(rng, image, labels, hole, source_id, kind) -> Pair:
+    if rng.random() < 0.5:
+        image, labels, hole = image[:, ::-1], labels[:, ::-1], hole[:, ::-1]
+    if rng.random() < 0.5:
+        image, labels, hole = image[::-1], labels[::-1], hole[::-1]
+    return Pair(np.ascontiguousarray(image), np.ascontiguousarray(labels), np.ascontiguousarray(hole), source_id, kind)
 
 
 def to_tensors(pairs: list[Pair], num_classes: int):
-    """Pairs -> (real [-1, 1] (N,1,C,C), hole (N,1,C,C), one-hot class map (N,K+1,C,C)) float32 tensors."""
+    """Pairs -> (real [-1, 1] (N,1,C,C), hole (N,1,C,C), one-hot class map (N,K+1,C,C)) float32 tensors;
+    an UNKNOWN pixel has every class channel 0."""
     import torch
 
     real = np.stack([p.image for p in pairs]).astype(np.float32) / 127.5 - 1.0
     hole = np.stack([p.hole for p in pairs]).astype(np.float32)
-    labels = np.stack([p.labels for p in pairs]).astype(np.int64)
-    onehot = np.eye(num_classes + 1, dtype=np.float32)[labels].transpose(0, 3, 1, 2)
+    labels = np.minimum(np.stack([p.labels for p in pairs]).astype(np.int64), num_classes + 1)
+    onehot = np.eye(num_classes + 2, dtype=np.float32)[:, : num_classes + 1][labels].transpose(0, 3, 1, 2)
     return torch.from_numpy(real[:, None]), torch.from_numpy(hole[:, None]), torch.from_numpy(np.ascontiguousarray(onehot))
 
 
