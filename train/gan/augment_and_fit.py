@@ -126,7 +126,7 @@ class AugmentConfig:
         return " ".join(parts)
 
 
-def _link(src: Path, dst: Path) -> None:
+def link_file(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
         dst.unlink()
@@ -142,8 +142,8 @@ def add_real(folder: Path, ds, split: str) -> int:
         for i in range(len(ds)):
             img = ds.image_path(i)
             src_split = img.parent.name
-            _link(img, folder / "images" / split / img.name)
-            _link(ds.root / "masks" / src_split / f"{img.stem}.png", folder / "masks" / split / f"{img.stem}.png")
+            link_file(img, folder / "images" / split / img.name)
+            link_file(ds.root / "masks" / src_split / f"{img.stem}.png", folder / "masks" / split / f"{img.stem}.png")
         return len(ds)
     from train.gan.shape_bank import labels_from_masks
 

@@ -180,8 +180,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 def load_images_only(data: str, console=None) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     """((id, image) of every image under `data`, the problems skipped): `data` is a labelled
-    data set folder (its masks are dropped as read) or any folder of plain images, as a mill
-    has by the thousand. An image that cannot be decoded is skipped and reported."""
+    data set folder (only its image files are read, never its masks) or any folder of plain
+    images, as a mill has by the thousand. An image that cannot be decoded is skipped and reported."""
     from inspect_edge.data import open_dataset
     from inspect_edge.data.dataset import DataError, read_gray
 
@@ -191,13 +191,15 @@ def load_images_only(data: str, console=None) -> tuple[list[tuple[str, np.ndarra
     except DataError:
         ds = None
     if ds is not None:
-        return [(s.image_id, s.image) for s in (ds[i] for i in range(len(ds)))], [str(p) for p in ds.problems]
-    if not root.is_dir():
+        files, bad = [(image_id, ds.image_path(i)) for i, image_id in enumerate(ds.ids)], [str(p) for p in ds.problems]
+    elif root.is_dir():
+        files, bad = [(str(q.relative_to(root)), q) for q in sorted(root.rglob("*")) if q.suffix.lower() in IMAGE_SUFFIXES], []
+    else:
         raise FileNotFoundError(f"{root}: no such folder of unlabelled images")
-    out, bad = [], []
-    for path in sorted(q for q in root.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES):
+    out = []
+    for image_id, path in files:
         try:
-            out.append((str(path.relative_to(root)), read_gray(path)))
+            out.append((image_id, read_gray(path)))
         except DataError as e:
             bad.append(str(e))
     if bad and console is not None:

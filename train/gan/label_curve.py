@@ -211,18 +211,17 @@ class Study:
         return self._data_folder(f"{fraction_tag(f)}-pretrain", self.labelled(f), None)
 
     def unlabelled_folder(self, f: float) -> Path:
-        """data/<fraction>-unlabelled: the training images outside the fraction's labelled
-        subset, written as plain images with no masks at all (never the held-out split)."""
-        import cv2
+        """data/<fraction>-unlabelled: links to the image files of the training images outside
+        the fraction's labelled subset, and nothing else: no masks (never the held-out split)."""
+        from train.gan.augment_and_fit import link_file
 
         folder = self.out / "data" / f"{fraction_tag(f)}-unlabelled"
         done = folder / "done.txt"
         if not done.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            rest = np.setdiff1d(np.arange(len(self.train_ds)), self.subsets[f])
+            rest, ids = np.setdiff1d(np.arange(len(self.train_ds)), self.subsets[f]), self.train_ds.ids
             for i in rest:
-                s = self.train_ds[int(i)]
-                cv2.imwrite(str(folder / f"{s.image_id}.png"), s.image)
+                src = self.train_ds.image_path(int(i))
+                link_file(src, folder / f"{ids[i]}{src.suffix}")
             done.write_text(f"{rest.size}\n")
         return folder
 
@@ -391,7 +390,7 @@ def run_study(cfg: StudyConfig, console=None, reuse: list[Path] = ()) -> dict:
     cfg_path = out / "study_config.json"
     if cfg_path.is_file():
         # A setting added since the study started counts as its default there.
-        defaults = json.loads(json.dumps(asdict(StudyConfig(data=cfg.data, out=cfg.out))))
+        defaults = json.loads(json.dumps(StudyConfig(data=cfg.data, out=cfg.out).to_dict()))
         old, new = {**defaults, **json.loads(cfg_path.read_text())}, json.loads(json.dumps(cfg.to_dict()))
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in CELL_SELECTION)
         if changed:

@@ -121,17 +121,14 @@ class PairSampler:
         y0, x0 = window_around(ys[j] + jitter[0], xs[j] + jitter[1], li.image.shape, c)
         win = (slice(y0, y0 + c), slice(x0, x0 + c))
         hole = dilate(comp_map[win] == cid, int(rng.integers(self.cfg.dilate_range[0], self.cfg.dilate_range[1] + 1)))
-        return self._finish(rng, li.image[win], li.labels[win], hole, li.image_id, "defect")
+        return random_flips(rng, li.image[win], li.labels[win], hole, li.image_id, "defect")
 
     def _clean_pair(self, rng: np.random.Generator) -> Pair:
         c = self.cfg.crop
         li = self.images[int(rng.integers(len(self.images)))]
         win = random_window(rng, li.image.shape, c)
         hole = shape_hole(rng, self.bank, self.transform, self.cfg)
-        return self._finish(rng, li.image[win], li.labels[win], hole, li.image_id, "clean")
-
-    def _finish(self, rng, image, labels, hole, source_id, kind) -> Pair:
-        return random_flips(rng, image, labels, hole, source_id, kind)
+        return random_flips(rng, li.image[win], li.labels[win], hole, li.image_id, "clean")
 
 
 class UnlabelledSampler:
