@@ -57,7 +57,7 @@ METHOD_WHY = ("the highest mean gain over real-only of the painters in the NEU-S
               "(GAN minus that control +0.002 / +0.001 mIoU, z 0.5 / 0.3), so the gain is the bigger batch's, not "
               "the synthetic defects'. That control was matched, not beaten, by a GAN that also learned from "
               "thousands of unlabelled images (study 11), at 2% labels, and with a segmenter four times nano's size "
-              "(studies 12-13; with that segmenter copy-paste had the higher mean, +0.0103 against +0.0088). "
+              "(studies 12-13; with that segmenter copy-paste had the higher mean, +0.0090 against +0.0074). "
               "It needs a well-trained GAN (check the report's generator metrics); copy-paste needs no GAN and ties it")
 
 
