@@ -38,8 +38,16 @@ def test_candidate_refused_shadowed_promoted_and_rolled_back_without_losing_a_fr
         assert status["production"] == "a-1.0" and status["candidate"] == "b-2.0"
         dice = status["shadow"]["dice_vs_production"]
         assert 0.5 < min(dice.values()) < 1.0  # similar, not identical: the cutoffs differ
-        m = metrics(client)
-        assert m[("inspect_edge_shadow_dice", (("candidate", "b-2.0"), ("class", "dark")))] == pytest.approx(dice["dark"])
+        # Shadow frames keep arriving, so the gauge and the API are compared on a quiet moment:
+        # the gauge read twice with the same value around the API read.
+        gauge = ("inspect_edge_shadow_dice", (("candidate", "b-2.0"), ("class", "dark")))
+
+        def gauge_matches_api() -> bool:
+            first = metrics(client)[gauge]
+            api = client.get("/api/model").json()["shadow"]["dice_vs_production"]["dark"]
+            return metrics(client)[gauge] == first and first == pytest.approx(api)
+
+        wait_until(gauge_matches_api, 10, "the shadow Dice gauge to equal the API's")
         if shutil.which("chromium"):  # the live page says which candidate is in shadow, and how it agrees
             dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                                   "--dump-dom", str(client.base_url) + "/"], capture_output=True, text=True, timeout=60).stdout
