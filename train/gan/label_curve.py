@@ -218,7 +218,8 @@ class Study:
         folder = self.out / "data" / f"{fraction_tag(f)}-unlabelled"
         done = folder / "done.txt"
         if not done.is_file():
-            rest, ids = np.setdiff1d(np.arange(len(self.train_ds)), self.subsets[f]), self.train_ds.ids
+            rest = np.setdiff1d(np.arange(len(self.train_ds)), self.subsets[f])
+            ids = self.train_ds.ids
             for i in rest:
                 src = self.train_ds.image_path(int(i))
                 link_file(src, folder / f"{ids[i]}{src.suffix}")
