@@ -47,10 +47,10 @@ METHOD_ARMS = {"copy-paste": "real+copy-paste", "gan": "real+gan", "gan-blend": 
 DEFAULT_METHOD = "gan"
 SCHEDULES = ("mix", "pretrain-finetune")
 DEFAULT_SCHEDULE = "mix"
-# From train/studies/neu-label-curve/8-long-schedule-5pct, 10-equal-crops-5-10pct and 11-unlabelled-gan (NEU-Seg, 5 seeds per
-# cell, 2000 real steps: the only studies that trained real-only long enough). Pure `gan` fills have the
-# highest mean gain over real-only across 5% and 10% labels, but real-only with as many crops per step
-# matches them: the report must say so, and --ablation measures that control on the user's data.
+# From train/studies/neu-label-curve/8-14 (NEU-Seg, 4-5 seeds per cell, 2000 or 4000 real steps: the studies
+# that trained real-only long enough). Pure `gan` fills have the highest mean gain over real-only across 5%
+# and 10% labels, but real-only with as many crops per step matches them: the report must say so, and
+# --ablation measures that control on the user's data.
 METHOD_WHY = ("the highest mean gain over real-only of the painters in the NEU-Seg label-curve studies at 2000 steps "
               "(mIoU +0.013 at 5% labels, +0.009 at 10%; copy-paste +0.007 / +0.010), below the goal's 2-sd bar at 5% "
               "and not ahead of copy-paste at 10%; real-only with as many real crops per step matched it at both "
